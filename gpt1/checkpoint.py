@@ -1,0 +1,188 @@
+"""Model directories and training checkpoints: safetensors for tensors, JSON for everything else.
+
+A model directory holds `config.json` (GPTConfig) and `model.safetensors`, plus the tokenizer files when known.
+A training run directory holds `checkpoints/step-XXXXXXXX/` model directories with `optimizer.safetensors` and
+`state.json` besides, and a `latest` file naming the newest one. Every directory is written under a temporary
+name and renamed into place, and `latest` is replaced atomically, so a kill at any moment leaves the previous
+checkpoint whole. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import UserError
+from .model import GPT, GPTConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+TOKENIZER_DIR = "tokenizer"
+LATEST_FILE = "latest"
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+class AtomicDirectory:
+    """Build a directory under a temporary name; on success, rename it to `final` (replacing an old one)."""
+
+    def __init__(self, final: Path):
+        self.final = Path(final)
+
+    def __enter__(self) -> Path:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}.tmp-"))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        for f in self.tmp.iterdir():
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if self.final.exists():
+            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+            os.replace(self.final, old)
+            os.replace(self.tmp, self.final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.final)
+        return False
+
+
+def state_dict_for_saving(model: GPT) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+
+
+def write_model_files(directory: Path, model: GPT, tokenizer_dir: Path | None = None) -> None:
+    """Write config.json, model.safetensors and the tokenizer into an (already private) directory."""
+    directory = Path(directory)
+    with open(directory / CONFIG_FILE, "w", encoding="utf-8") as f:
+        json.dump(model.config.to_dict(), f, indent=2)
+        f.write("\n")
+    save_file(state_dict_for_saving(model), str(directory / WEIGHTS_FILE), metadata={"format": "gpt1"})
+    if tokenizer_dir is not None:
+        copy_tokenizer(tokenizer_dir, directory / TOKENIZER_DIR)
+
+
+def save_model(model: GPT, directory: Path, tokenizer_dir: Path | None = None) -> Path:
+    with AtomicDirectory(directory) as tmp:
+        write_model_files(tmp, model, tokenizer_dir)
+    return Path(directory)
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    src = Path(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    for pattern in ("encoder_bpe_*.json", "vocab_*.bpe", "tokenizer.json"):
+        for f in src.glob(pattern):
+            shutil.copyfile(f, dst / f.name)
+
+
+def resolve_model_dir(path: Path) -> Path:
+    """Accept a model directory, a checkpoint directory or a training run directory (its latest checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such model directory")
+    if (path / LATEST_FILE).exists():
+        name = (path / LATEST_FILE).read_text(encoding="utf-8").strip()
+        path = path / "checkpoints" / name
+    return path
+
+
+def tokenizer_dir_of(model_dir: Path) -> Path | None:
+    d = resolve_model_dir(model_dir) / TOKENIZER_DIR
+    return d if d.is_dir() else None
+
+
+def load_config(model_dir: Path) -> GPTConfig:
+    path = resolve_model_dir(model_dir) / CONFIG_FILE
+    try:
+        return GPTConfig.from_dict(read_json(path))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}: not a gpt1 model config: {e}") from None
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def load_weights_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy weights into `model`, with a one-line error naming the file on any missing key or shape mismatch."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise UserError(f"{path}: weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise UserError(
+                f"{path}: {name} has shape {list(tensor.shape)} but the model expects {list(expected[name].shape)}"
+            )
+    model.load_state_dict(state)
+
+
+def load_model(directory, device: str | torch.device = "cpu") -> GPT:
+    """Load a gpt1 model (model, checkpoint or run directory) in eval mode."""
+    model_dir = resolve_model_dir(Path(directory))
+    model = GPT(load_config(model_dir))
+    weights = model_dir / WEIGHTS_FILE
+    load_weights_into(model, read_safetensors(weights), weights)
+    return model.to(device).eval()
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Split an optimizer state_dict into flat tensors (safetensors) and JSON-able param groups."""
+    sd = optimizer.state_dict()
+    tensors = {}
+    for index, slots in sd["state"].items():
+        for slot, value in slots.items():
+            tensors[f"{index}.{slot}"] = torch.as_tensor(value).detach().contiguous().cpu()
+    return tensors, sd["param_groups"]
+
+
+def optimizer_from_tensors(tensors: dict[str, torch.Tensor], param_groups: list[dict]) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        index, slot = key.split(".", 1)
+        state.setdefault(int(index), {})[slot] = value
+    return {"state": state, "param_groups": param_groups}

@@ -1,0 +1,246 @@
+"""Weights in and out: Hugging Face `OpenAIGPTLMHeadModel` directories, the original OpenAI release, gpt1.
+
+Both foreign layouts store projection weights as [in, out] (`y = x @ W + b`); gpt1 uses torch's nn.Linear
+[out, in], so every projection matrix is transposed on the way in and out. Layouts: GPT1.md.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from .checkpoint import (
+    AtomicDirectory,
+    load_model,
+    load_weights_into,
+    read_json,
+    read_safetensors,
+    tokenizer_dir_of,
+    write_model_files,
+)
+from .errors import UserError
+from .model import GPT, GPTConfig
+
+# Per-block tensors in the order of the original release; the Linear ones are transposed.
+BLOCK_TENSORS = [
+    ("attn.c_attn.weight", True),
+    ("attn.c_attn.bias", False),
+    ("attn.c_proj.weight", True),
+    ("attn.c_proj.bias", False),
+    ("ln_1.weight", False),
+    ("ln_1.bias", False),
+    ("mlp.c_fc.weight", True),
+    ("mlp.c_fc.bias", False),
+    ("mlp.c_proj.weight", True),
+    ("mlp.c_proj.bias", False),
+    ("ln_2.weight", False),
+    ("ln_2.bias", False),
+]
+HF_TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+
+# ---------------------------------------------------------------- Hugging Face
+
+
+def config_from_hf(hf: dict, path: Path) -> GPTConfig:
+    if hf.get("model_type") not in (None, "openai-gpt"):
+        raise UserError(f"{path}: model_type is {hf.get('model_type')!r}, not 'openai-gpt'")
+    if hf.get("afn", "gelu") != "gelu":
+        raise UserError(f"{path}: activation {hf['afn']!r} is not GPT-1's tanh GELU")
+    try:
+        return GPTConfig(
+            vocab_size=hf["vocab_size"],
+            n_positions=hf["n_positions"],
+            n_embd=hf["n_embd"],
+            n_layer=hf["n_layer"],
+            n_head=hf["n_head"],
+            embd_pdrop=hf.get("embd_pdrop", 0.1),
+            attn_pdrop=hf.get("attn_pdrop", 0.1),
+            resid_pdrop=hf.get("resid_pdrop", 0.1),
+            layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+            init_std=hf.get("initializer_range", 0.02),
+        )
+    except KeyError as e:
+        raise UserError(f"{path}: missing key {e.args[0]!r}") from None
+
+
+def config_to_hf(config: GPTConfig) -> dict:
+    return {
+        "architectures": ["OpenAIGPTLMHeadModel"],
+        "model_type": "openai-gpt",
+        "afn": "gelu",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.n_positions,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "embd_pdrop": config.embd_pdrop,
+        "attn_pdrop": config.attn_pdrop,
+        "resid_pdrop": config.resid_pdrop,
+        "layer_norm_epsilon": config.layer_norm_epsilon,
+        "initializer_range": config.init_std,
+        "tie_word_embeddings": True,
+    }
+
+
+def read_hf_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    st, pt = directory / "model.safetensors", directory / "pytorch_model.bin"
+    if st.is_file():
+        return read_safetensors(st), st
+    if pt.is_file():
+        try:
+            return torch.load(pt, map_location="cpu", weights_only=True), pt
+        except Exception as e:  # weights_only refuses anything but tensors; say so in one line
+            raise UserError(f"{pt}: cannot read as plain tensors ({type(e).__name__}: {e})") from None
+    raise UserError(f"{directory}: neither model.safetensors nor pytorch_model.bin found")
+
+
+def gpt1_state_from_hf(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # OpenAIGPTModel saves without the "transformer." prefix, the head models with it.
+    state = {k.removeprefix("transformer."): v for k, v in hf_state.items() if not k.startswith("lm_head.")}
+    state = {k: v for k, v in state.items() if not k.startswith(("multiple_choice_head.", "score."))}
+    out = {}
+    for name, tensor in state.items():
+        transpose = any(name.endswith(t) for t, tr in BLOCK_TENSORS if tr)
+        out[name] = tensor.t().contiguous() if transpose else tensor
+    return out
+
+
+def hf_state_from_gpt1(model: GPT) -> dict[str, torch.Tensor]:
+    transposed = {t for t, tr in BLOCK_TENSORS if tr}
+    out = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if any(name.endswith(t) for t in transposed):
+            tensor = tensor.t()
+        out[f"transformer.{name}"] = tensor.contiguous()
+    return out
+
+
+def from_hf(src: Path) -> GPT:
+    config_path = src / "config.json"
+    config = config_from_hf(read_json(config_path), config_path)
+    hf_state, weights_path = read_hf_weights(src)
+    model = GPT(config)
+    load_weights_into(model, gpt1_state_from_hf(hf_state), weights_path)
+    return model
+
+
+def write_hf(model: GPT, dst: Path, tokenizer_dir: Path | None) -> None:
+    with AtomicDirectory(dst) as tmp:
+        with open(tmp / "config.json", "w", encoding="utf-8") as f:
+            json.dump(config_to_hf(model.config), f, indent=2)
+            f.write("\n")
+        save_file(hf_state_from_gpt1(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer_dir is not None:
+            encoders = sorted(Path(tokenizer_dir).glob("encoder_bpe_*.json"))
+            merges = sorted(Path(tokenizer_dir).glob("vocab_*.bpe"))
+            if encoders and merges:
+                shutil.copyfile(encoders[0], tmp / "vocab.json")
+                shutil.copyfile(merges[0], tmp / "merges.txt")
+
+
+def hf_tokenizer_as_gpt1(src: Path, staging: Path) -> Path | None:
+    """HF names GPT-1's files vocab.json/merges.txt; gpt1 keeps the original names."""
+    vocab, merges = src / "vocab.json", src / "merges.txt"
+    if not (vocab.is_file() and merges.is_file()):
+        return None
+    n_merges = sum(1 for _ in open(merges, encoding="utf-8")) - 1
+    staging.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(vocab, staging / f"encoder_bpe_{n_merges}.json")
+    shutil.copyfile(merges, staging / f"vocab_{n_merges}.bpe")
+    return staging
+
+
+# ---------------------------------------------------------------- original OpenAI release
+
+
+def from_openai(src: Path) -> GPT:
+    """params_shapes.json + params_0..9.npy: one float32 vector cut at the cumulative sizes of the shapes."""
+    shapes_path = src / "params_shapes.json"
+    shapes = read_json(shapes_path)
+    if not isinstance(shapes, list) or len(shapes) < 2 or (len(shapes) - 2) % len(BLOCK_TENSORS):
+        raise UserError(f"{shapes_path}: expected 2 embedding shapes and 12 per block, got {len(shapes)} shapes")
+    shards = sorted(src.glob("params_*.npy"), key=lambda p: int(p.stem.split("_")[1]))
+    if not shards:
+        raise UserError(f"{src}: no params_*.npy shards found")
+    parts = []
+    for shard in shards:
+        try:
+            parts.append(np.load(shard, allow_pickle=False).reshape(-1))
+        except (ValueError, OSError) as e:
+            raise UserError(f"{shard}: not a numpy array file ({e})") from None
+    flat = np.concatenate(parts)
+    sizes = [int(np.prod(s)) for s in shapes]
+    if flat.size != sum(sizes):
+        raise UserError(
+            f"{src}: shards hold {flat.size} values but params_shapes.json needs {sum(sizes)} "
+            f"({len(shards)} shards found)"
+        )
+    arrays = [a.reshape(s) for a, s in zip(np.split(flat, np.cumsum(sizes)[:-1]), shapes)]
+    n_positions, n_embd = shapes[0]
+    vocab_size = shapes[1][0]
+    n_layer = (len(shapes) - 2) // len(BLOCK_TENSORS)
+    n_inner = shapes[2 + 6][-1]  # mlp/c_fc/w [1, n_embd, n_inner]
+    if n_embd % 64:
+        raise UserError(f"{shapes_path}: width {n_embd} is not a multiple of GPT-1's 64-wide heads")
+    n_head = n_embd // 64  # the release does not store it
+    config = GPTConfig(
+        vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_inner=n_inner
+    )
+    state = {
+        "positions_embed.weight": torch.from_numpy(arrays[0].copy()),
+        "tokens_embed.weight": torch.from_numpy(arrays[1].copy()),
+    }
+    for i in range(n_layer):
+        block = arrays[2 + i * len(BLOCK_TENSORS) : 2 + (i + 1) * len(BLOCK_TENSORS)]
+        for (name, transpose), array in zip(BLOCK_TENSORS, block):
+            t = torch.from_numpy(array.copy())
+            if transpose:
+                t = t.reshape(t.shape[-2], t.shape[-1]).t().contiguous()  # [1, in, out] -> [out, in]
+            state[f"h.{i}.{name}"] = t
+    model = GPT(config)
+    load_weights_into(model, state, src)
+    return model
+
+
+# ---------------------------------------------------------------- the command
+
+
+def convert(src: Path, dst: Path, src_format: str, dst_format: str) -> Path:
+    """Convert weights between layouts; returns dst. The tokenizer travels along where the source has one."""
+    src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise UserError(f"{src}: no such directory")
+    tokenizer_dir = None
+    staging = None
+    if src_format == "hf":
+        model = from_hf(src)
+        staging = dst.with_name(f".{dst.name}.tokenizer-staging")
+        tokenizer_dir = hf_tokenizer_as_gpt1(src, staging)
+    elif src_format == "openai":
+        model = from_openai(src)
+        if list(src.glob("encoder_bpe_*.json")) and list(src.glob("vocab_*.bpe")):
+            tokenizer_dir = src
+    elif src_format == "gpt1":
+        model = load_model(src)
+        tokenizer_dir = tokenizer_dir_of(src)
+    else:
+        raise UserError(f"unknown source format {src_format!r}")
+    try:
+        if dst_format == "gpt1":
+            with AtomicDirectory(dst) as tmp:
+                write_model_files(tmp, model, tokenizer_dir)
+        elif dst_format == "hf":
+            write_hf(model, dst, tokenizer_dir)
+        else:
+            raise UserError(f"unknown target format {dst_format!r}")
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return dst

@@ -1,0 +1,219 @@
+"""The GPT-1 decoder (Radford et al., 2018), as specified in GPT1.md.
+
+Post-LayerNorm Transformer blocks, learned position embeddings, tanh-GELU MLP, fused q|k|v projection,
+LM head tied to the token embedding, every weight N(0, 0.02). Attention runs through
+`scaled_dot_product_attention`, which keeps attention-probability dropout in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 40478  # BPE ids; fine-tuning appends start/delimiter/extract rows
+    n_positions: int = 512  # context length
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None  # MLP width; None means 4 * n_embd
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    resid_pdrop: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.n_inner is None:
+            self.n_inner = 4 * self.n_embd
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not a multiple of n_head={self.n_head}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GPTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+# The paper's model and smaller ones for CPU work. Any other size: GPTConfig(...) or a recipe.
+PRESETS: dict[str, dict] = {
+    "gpt1": dict(n_layer=12, n_embd=768, n_head=12, n_positions=512),  # 116.5M parameters
+    "small": dict(n_layer=6, n_embd=384, n_head=6, n_positions=256),  # 26.2M (15.5M of them embeddings)
+    "tiny": dict(n_layer=4, n_embd=256, n_head=4, n_positions=128),  # 13.5M (10.4M embeddings)
+    "test": dict(n_layer=2, n_embd=64, n_head=4, n_positions=64),  # for unit tests
+}
+
+
+def preset_config(name: str, **overrides) -> GPTConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return GPTConfig(**{**PRESETS[name], **overrides})
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding, preallocated to the full context."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
+        head_dim = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, config.n_positions, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions already cached
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H, T, hs) after the cached positions; return all keys and values so far."""
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q|k|v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.attn_pdrop = config.attn_pdrop
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hs)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(layer, k, v)  # (B, H, past + T, hs)
+        if past == 0:
+            mask, causal = None, True
+        elif T == 1:
+            mask, causal = None, False  # one new query sees every cached position
+        else:  # several new queries after a cached prefix: query i sees keys 0 .. past + i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            causal = False
+        dropout = self.attn_pdrop if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)  # (B, H, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.n_inner)
+        self.c_proj = nn.Linear(config.n_inner, config.n_embd)
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Post-LN: n = LN(x + Attn(x)); h = LN(n + MLP(n))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.attn = CausalSelfAttention(config)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        n = self.ln_1(x + self.attn(x, cache, layer))
+        return self.ln_2(n + self.mlp(n))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.tokens_embed = nn.Embedding(config.vocab_size, config.n_embd)
+        self.positions_embed = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # the LM head is tied: nothing extra
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final block's output (B, T, C) for ids (B, T)."""
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.n_positions:
+            raise ValueError(f"sequence of {past + T} tokens exceeds the model's context of {self.config.n_positions}")
+        pos = torch.arange(past, past + T, device=idx.device)  # (T,)
+        x = self.drop(self.tokens_embed(idx) + self.positions_embed(pos))  # (B, T, C)
+        for layer, block in enumerate(self.h):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.length += T
+        return x
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """LM logits (B, T, vocab_size) through the head tied to the token embedding."""
+        return F.linear(self.hidden_states(idx, cache), self.tokens_embed.weight)
+
+    def lm_loss(self, idx: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+        """Mean next-token cross-entropy; targets (B, T) are the ids that follow idx, ignore_index masks padding."""
+        return lm_cross_entropy(self.hidden_states(idx), self.tokens_embed.weight, targets, ignore_index)
+
+
+def lm_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, chunk_tokens: int = 2048
+) -> torch.Tensor:
+    """Cross-entropy of logits h @ weight^T, computed over chunks of tokens.
+
+    The full logits of a batch are (B*T, 40478) floats; chunking with recomputation in the backward pass keeps
+    only one chunk's logits alive at a time.
+    """
+    h = h.reshape(-1, h.size(-1))  # (N, C)
+    targets = targets.reshape(-1)  # (N,)
+    n_valid = (targets != ignore_index).sum()
+    total = h.new_zeros((), dtype=torch.float32)
+    for start in range(0, h.size(0), chunk_tokens):
+        hc, tc = h[start : start + chunk_tokens], targets[start : start + chunk_tokens]
+        total = total + torch.utils.checkpoint.checkpoint(_chunk_ce_sum, hc, weight, tc, ignore_index, use_reentrant=False)
+    return total / n_valid.clamp(min=1)
+
+
+def _chunk_ce_sum(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    logits = F.linear(h, weight).float()  # (n, V)
+    return F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+
+
+def count_parameters_formula(config: GPTConfig) -> int:
+    """Closed-form parameter count (GPT1.md: 116,534,784 for the paper's model)."""
+    C, F_ = config.n_embd, config.n_inner
+    per_block = (C * 3 * C + 3 * C) + (C * C + C) + (C * F_ + F_) + (F_ * C + C) + 4 * C
+    return config.vocab_size * C + config.n_positions * C + config.n_layer * per_block
+
+
+def flops_per_token(config: GPTConfig, context: int) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward, 2 FLOPs per multiply-add)."""
+    C, L = config.n_embd, config.n_layer
+    matmul_params = L * (4 * C * C + 2 * C * config.n_inner) + config.vocab_size * C
+    attention = L * 2 * context * C  # q.k and p.v, causal half counted in full as kernels compute it
+    return 6 * matmul_params + 6 * attention
+

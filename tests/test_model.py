@@ -1,0 +1,185 @@
+"""The network against the specification and against Hugging Face's OpenAIGPT on the same weights."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt1.checkpoint import load_model, save_model
+from gpt1.convert import convert
+from gpt1.errors import UserError
+from gpt1.model import GPT, GPTConfig, KVCache, count_parameters_formula, preset_config
+
+transformers = pytest.importorskip("transformers")
+VOCAB_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt1_vocab"
+
+
+def tiny_hf_model(seed=0, vocab=97, positions=24):
+    torch.manual_seed(seed)
+    config = transformers.OpenAIGPTConfig(
+        vocab_size=vocab, n_positions=positions, n_embd=32, n_layer=3, n_head=4, afn="gelu"
+    )
+    model = transformers.OpenAIGPTLMHeadModel(config).eval()
+    with torch.no_grad():  # HF initialises biases and LN to constants; randomise so a mix-up would show
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "ln_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def test_paper_model_has_the_papers_parameter_count():
+    config = preset_config("gpt1")
+    assert count_parameters_formula(config) == 116_534_784
+    with torch.device("meta"):
+        assert GPT(config).num_parameters() == 116_534_784
+
+
+def test_init_follows_the_paper():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=5000, n_positions=64, n_embd=128, n_layer=2, n_head=4))
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            assert torch.count_nonzero(p) == 0, name
+        elif "ln_" in name:
+            assert torch.all(p == 1), name
+        else:
+            assert abs(p.std().item() - 0.02) < 0.002, name  # no depth scaling anywhere
+
+
+def test_block_is_post_layernorm_with_tanh_gelu():
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2)
+    model = GPT(config).eval()
+    block = model.h[0]
+    x = torch.randn(2, 5, 16)
+    a = block.attn(x)
+    n = F.layer_norm(x + a, (16,), block.ln_1.weight, block.ln_1.bias, 1e-5)
+    u = block.mlp.c_fc(n)
+    gelu = 0.5 * u * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u**3)))
+    h = F.layer_norm(n + block.mlp.c_proj(gelu), (16,), block.ln_2.weight, block.ln_2.bias, 1e-5)
+    torch.testing.assert_close(block(x), h)
+
+
+def test_hf_import_gives_the_same_logits_and_loss(tmp_path):
+    hf = tiny_hf_model()
+    hf.save_pretrained(tmp_path / "hf")
+    convert(tmp_path / "hf", tmp_path / "gpt1", "hf", "gpt1")
+    model = load_model(tmp_path / "gpt1")
+    ids = torch.randint(0, 97, (3, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf(ids, labels=ids)
+        logits = model(ids)
+        loss = model.lm_loss(ids[:, :-1], ids[:, 1:])
+    torch.testing.assert_close(logits, expected.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, expected.loss, rtol=1e-5, atol=1e-5)
+
+
+def test_hf_import_reads_pytorch_model_bin_without_pickle_code(tmp_path):
+    hf = tiny_hf_model(seed=3)
+    hf.save_pretrained(tmp_path / "hf", safe_serialization=False)
+    assert (tmp_path / "hf" / "pytorch_model.bin").exists()
+    convert(tmp_path / "hf", tmp_path / "gpt1", "hf", "gpt1")
+    ids = torch.randint(0, 97, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "gpt1")(ids), hf(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_export_to_hf_loads_in_transformers_with_equal_logits(tmp_path):
+    torch.manual_seed(5)
+    model = GPT(GPTConfig(vocab_size=97, n_positions=24, n_embd=32, n_layer=2, n_head=4)).eval()
+    save_model(model, tmp_path / "gpt1")
+    convert(tmp_path / "gpt1", tmp_path / "hf", "gpt1", "hf")
+    hf = transformers.OpenAIGPTLMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(0, 97, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids), rtol=1e-5, atol=1e-5)
+
+
+def test_training_mode_differs_only_by_dropout():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=97, n_positions=24, n_embd=32, n_layer=2, n_head=4))
+    ids = torch.randint(0, 97, (2, 24))
+    model.train()
+    a, b = model(ids), model(ids)
+    assert not torch.allclose(a, b)  # dropout on embeddings, attention and residuals is active
+    zero = GPT(GPTConfig(vocab_size=97, n_positions=24, n_embd=32, n_layer=2, n_head=4, embd_pdrop=0, attn_pdrop=0, resid_pdrop=0))
+    zero.load_state_dict(model.state_dict())
+    zero.train()
+    torch.testing.assert_close(zero(ids), model.eval()(ids))
+
+
+def test_kv_cache_decoding_equals_full_forward():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=97, n_positions=24, n_embd=32, n_layer=2, n_head=4)).eval()
+    ids = torch.randint(0, 97, (2, 20))
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache(model.config, batch_size=2)
+        pieces = [model(ids[:, :7], cache)]  # prefill
+        pieces.append(model(ids[:, 7:10], cache))  # several new tokens after a cached prefix
+        pieces += [model(ids[:, t : t + 1], cache) for t in range(10, 20)]  # one at a time
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_context_longer_than_the_model_is_refused():
+    model = GPT(GPTConfig(vocab_size=97, n_positions=8, n_embd=32, n_layer=1, n_head=4))
+    with pytest.raises(ValueError, match="exceeds the model's context of 8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_chunked_loss_matches_full_cross_entropy_and_its_gradient():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=97, n_positions=24, n_embd=32, n_layer=2, n_head=4)).eval()
+    ids = torch.randint(0, 97, (3, 24))
+    targets = ids.roll(-1, 1)
+    targets[0, 5:] = -100  # padding is masked
+    loss = model.lm_loss(ids, targets)
+    loss.backward()
+    grad = model.tokens_embed.weight.grad.clone()
+    model.zero_grad()
+    reference = F.cross_entropy(model(ids).reshape(-1, 97), targets.reshape(-1), ignore_index=-100)
+    reference.backward()
+    torch.testing.assert_close(loss, reference)
+    torch.testing.assert_close(grad, model.tokens_embed.weight.grad)
+
+
+def test_loading_weights_of_another_shape_names_the_file(tmp_path):
+    save_model(GPT(GPTConfig(vocab_size=97, n_positions=24, n_embd=32, n_layer=2, n_head=4)), tmp_path / "a")
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    config["n_embd"] = 64
+    (tmp_path / "a" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"model\.safetensors: .* has shape"):
+        load_model(tmp_path / "a")
+
+
+@pytest.mark.skipif(not (VOCAB_DIR / "params_shapes.json").exists(), reason="../shared/data/gpt1_vocab is absent")
+def test_original_release_layout_loads_every_array_where_the_spec_says(tmp_path):
+    shapes = json.loads((VOCAB_DIR / "params_shapes.json").read_text())
+    assert len(shapes) == 146
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(int(np.prod(s)), dtype=np.float32).reshape(s) for s in shapes]
+    flat = np.concatenate([a.reshape(-1) for a in arrays])
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "params_shapes.json").write_text(json.dumps(shapes))
+    for i, part in enumerate(np.array_split(flat, 10)):  # the release ships 10 shards
+        np.save(release / f"params_{i}.npy", part)
+    del flat
+    convert(release, tmp_path / "gpt1", "openai", "gpt1")
+    state = load_model(tmp_path / "gpt1").state_dict()
+    assert state["tokens_embed.weight"].shape == (40478, 768)
+    torch.testing.assert_close(state["positions_embed.weight"], torch.from_numpy(arrays[0]), rtol=0, atol=0)
+    torch.testing.assert_close(state["tokens_embed.weight"], torch.from_numpy(arrays[1]), rtol=0, atol=0)
+    names = ["attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias", "ln_1.weight",
+             "ln_1.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias",
+             "ln_2.weight", "ln_2.bias"]  # GPT1.md's order; [1, in, out] is y = x @ W + b
+    for layer in range(12):
+        for j, name in enumerate(names):
+            expected = torch.from_numpy(arrays[2 + 12 * layer + j])
+            if expected.dim() == 3:
+                expected = expected[0].t()
+            torch.testing.assert_close(state[f"h.{layer}.{name}"], expected, rtol=0, atol=0)
