@@ -1,0 +1,222 @@
+"""The `gpt1` command: a thin argparse layer over the package's functions."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _read_lines(path: str | None) -> list[tuple[int, str]]:
+    """Lines of a UTF-8 file or stdin, numbered from 1; one-line error naming the line on bad bytes."""
+    name = path or "<stdin>"
+    if path:
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as e:
+            raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    else:
+        raw = sys.stdin.buffer.read()
+    out = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        try:
+            out.append((number, line.decode("utf-8")))
+        except UnicodeDecodeError as e:
+            raise UserError(f"{name}:{number}: not UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})") from None
+    return out
+
+
+def cmd_encode(args) -> None:
+    from .tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    texts = [text for _, text in _read_lines(args.file)]
+    encoded = tokenizer.encode_batch(texts, workers=args.workers, progress=args.progress)
+    sys.stdout.writelines(" ".join(map(str, ids)) + "\n" for ids in encoded)
+
+
+def cmd_decode(args) -> None:
+    from .tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    limit = tokenizer.n_vocab_with_specials
+    for number, line in _read_lines(args.file):
+        try:
+            ids = [int(t) for t in line.split()]
+        except ValueError:
+            raise UserError(f"{args.file or '<stdin>'}:{number}: expected space-separated integer ids") from None
+        bad = [i for i in ids if not 0 <= i < limit]
+        if bad:
+            raise UserError(f"{args.file or '<stdin>'}:{number}: id {bad[0]} is outside the vocabulary (0..{limit - 1})")
+        sys.stdout.write(tokenizer.decode(ids) + "\n")
+
+
+def cmd_train_tokenizer(args) -> None:
+    from .data import find_text_files, read_text
+    from .tokenizer import train_tokenizer
+
+    texts = [read_text(p) for p in find_text_files(args.inputs)]
+    tokenizer = train_tokenizer(texts, args.merges, args.out, workers=args.workers, progress=True)
+    print(f"wrote a vocabulary of {tokenizer.vocab_size} ids ({args.merges} merges) to {args.out}")
+
+
+def cmd_prepare(args) -> None:
+    from .data import prepare
+
+    stats = prepare(
+        args.inputs, args.out, args.tokenizer, val_fraction=args.val_fraction, gutenberg=args.gutenberg,
+        unwrap=args.unwrap, on_bad_file=args.on_bad_file, workers=args.workers,
+    )
+    print(f"{args.out}: {stats.summary()}")
+
+
+def cmd_pretrain(args) -> None:
+    from .pretrain import PretrainConfig, pretrain
+
+    overrides = {f.name: getattr(args, f.name) for f in _scalar_fields() if getattr(args, f.name) is not None}
+    config = PretrainConfig.from_recipe(args.recipe, overrides)
+    summary = pretrain(config, args.data, args.out, resume=args.resume, init_from=args.init_from, device=args.device)
+    if summary["is_main"]:
+        _print_pretrain_summary(summary)
+
+
+def _print_pretrain_summary(summary: dict) -> None:
+    val = summary["val"]
+    if val:
+        first, last = val[0], val[-1]
+        print(f"validation perplexity {first['val_ppl']:.2f} (update {first['update']}) -> "
+              f"{last['val_ppl']:.2f} (update {last['update']})")
+    state = "interrupted at" if summary["interrupted"] else "finished"
+    print(f"{state} update {summary['updates']}: {summary['tokens']:,} tokens seen, "
+          f"{summary['tokens_per_s']:.0f} tokens/s; checkpoint {summary['checkpoint']}")
+
+
+def cmd_generate(args) -> None:
+    from .checkpoint import load_model, tokenizer_dir_of
+    from .generate import generate
+    from .tokenizer import load_tokenizer
+
+    model = load_model(args.model, device=args.device or "cpu")
+    tokenizer_dir = args.tokenizer or tokenizer_dir_of(args.model)
+    if tokenizer_dir is None:
+        raise UserError(f"{args.model}: holds no tokenizer/ folder; pass --tokenizer DIR")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    prompt = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.newline_id]
+    samples = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, seed=args.seed, num_samples=args.num_samples)
+    for i, ids in enumerate(samples):
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1}")
+        print(tokenizer.decode(prompt + ids if args.prompt else ids))
+
+
+def cmd_convert(args) -> None:
+    from .convert import convert
+
+    convert(Path(args.src), Path(args.dst), args.src_format, args.dst_format)
+    print(f"wrote {args.dst_format} weights to {args.dst}")
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(Path(args.out))
+
+
+def _scalar_fields():
+    from .pretrain import PretrainConfig
+
+    return [f for f in dataclasses.fields(PretrainConfig) if f.type in ("int", "float", "str")]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpt1", description="GPT-1: tokenizer, pre-training, generation, weight conversion.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("encode", help="text -> ids, one document per line")
+    p.add_argument("--tokenizer", required=True, type=Path, help="folder with encoder_bpe_*.json and vocab_*.bpe")
+    p.add_argument("file", nargs="?", help="UTF-8 text, one document per line (default: stdin)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="ids -> text, one document per line (reverses encode)")
+    p.add_argument("--tokenizer", required=True, type=Path)
+    p.add_argument("file", nargs="?", help="lines of space-separated ids (default: stdin)")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("train-tokenizer", help="learn a new BPE vocabulary with GPT-1's pre-processing")
+    p.add_argument("inputs", nargs="+", type=Path, help="text files or folders (.txt, .gz)")
+    p.add_argument("--merges", type=int, default=40000, help="number of merges (GPT-1: 40000)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=cmd_train_tokenizer)
+
+    p = sub.add_parser("prepare", help="raw text -> token ids for pre-training (train/val memory-mapped files)")
+    p.add_argument("inputs", nargs="+", type=Path, help="text files or folders (.txt, .gz)")
+    p.add_argument("--tokenizer", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out (default 0.01)")
+    p.add_argument("--gutenberg", action="store_true", help="strip Project Gutenberg headers/footers, unwrap lines")
+    p.add_argument("--unwrap", action="store_true", help="join hard-wrapped lines within a paragraph")
+    p.add_argument("--on-bad-file", choices=["error", "skip"], default="error",
+                   help="empty, binary or non-UTF-8 files: stop (default) or skip and list them")
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("pretrain", help="generative pre-training on prepared data")
+    p.add_argument("--data", required=True, type=Path, help="folder written by `gpt1 prepare`")
+    p.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, metrics.jsonl")
+    p.add_argument("--recipe", default="gpt1", help="built-in recipe name (gpt1, cpu-small, ...) or a .toml file")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--init-from", type=Path, help="start from these weights (a gpt1 model folder)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    for f in _scalar_fields():
+        kind = {"int": int, "float": float, "str": str}[f.type]
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
+                       help=f"override the recipe's {f.name}")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("generate", help="sample text from a model")
+    p.add_argument("--model", required=True, type=Path, help="model, checkpoint or run folder")
+    p.add_argument("--tokenizer", type=Path, help="default: the model folder's tokenizer/")
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a paragraph)")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1.0 = off")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("convert", help="convert weights between layouts")
+    p.add_argument("--from", dest="src_format", required=True, choices=["hf", "openai", "gpt1"])
+    p.add_argument("--to", dest="dst_format", required=True, choices=["gpt1", "hf"])
+    p.add_argument("src", help="source folder")
+    p.add_argument("dst", help="destination folder (written atomically)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("demo", help="the main job: pre-train a small model on the built-in BBC News corpus")
+    p.add_argument("--out", default="runs/demo", help="working folder (default runs/demo)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"gpt1 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `gpt1 encode ... | head`
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

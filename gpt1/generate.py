@@ -1,0 +1,66 @@
+"""Sampling from a language model with a KV cache: temperature, top-k, nucleus (top-p), a seed."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .model import GPT, KVCache
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k and outside the smallest set whose probability reaches top_p."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    num_samples: int = 1,
+) -> list[list[int]]:
+    """New ids (not including the prompt) for each of num_samples samples. temperature 0 is greedy.
+
+    When the context fills up, the cache is rebuilt from the last half context of tokens and decoding goes on.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else torch.seed())
+    n_ctx = model.config.n_positions
+    tokens = torch.tensor([prompt_ids] * num_samples, dtype=torch.long, device=device)  # (S, P)
+    if tokens.size(1) == 0:
+        raise ValueError("the prompt is empty: give at least one token")
+    tokens = tokens[:, -n_ctx:]
+    dtype = next(model.parameters()).dtype
+    cache = KVCache(model.config, num_samples, device=device, dtype=dtype)
+    logits = model(tokens, cache)[:, -1]  # (S, V)
+    out = []
+    for _ in range(max_new_tokens):
+        if temperature == 0:
+            next_id = logits.argmax(-1, keepdim=True)  # (S, 1)
+        else:
+            probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+            next_id = torch.multinomial(probs, 1, generator=generator)  # (S, 1)
+        out.append(next_id)
+        tokens = torch.cat([tokens, next_id], dim=1)
+        if cache.length == n_ctx:  # full: re-encode the recent half context
+            cache = KVCache(model.config, num_samples, device=device, dtype=dtype)
+            logits = model(tokens[:, -(n_ctx // 2) :], cache)[:, -1]
+        else:
+            logits = model(next_id, cache)[:, -1]
+    return torch.cat(out, dim=1).tolist() if out else [[] for _ in range(num_samples)]

@@ -1,0 +1,439 @@
+"""Generative pre-training: next-token prediction on random contiguous windows of a prepared corpus.
+
+The paper's recipe: Adam (decoupled weight decay 0.01 on every tensor of 2+ dims, as the original code does),
+max lr 2.5e-4 with linear warm-up then cosine annealing to 0, global gradient-norm clipping at 1.0, gradient
+accumulation up to a tokens-per-update target. Runs the same under `torchrun` (DistributedDataParallel;
+gloo on CPU, nccl on GPU): every process draws its own windows.
+
+Determinism: the windows of a step and the dropout seed of each micro-batch are pure functions of
+(seed, step, micro-batch, rank). Together with the saved weights and optimizer moments, that makes a resumed
+run repeat an uninterrupted one loss for loss, with no opaque RNG blobs to store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from .checkpoint import (
+    LATEST_FILE,
+    OPTIMIZER_FILE,
+    STATE_FILE,
+    AtomicDirectory,
+    load_weights_into,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    read_json,
+    read_safetensors,
+    write_json_atomic,
+    write_model_files,
+    WEIGHTS_FILE,
+    load_config,
+    resolve_model_dir,
+)
+from .data import TokenData, validation_starts, window_starts, windows
+from .errors import UserError
+from .model import GPT, GPTConfig, PRESETS
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+METRICS_FILE = "metrics.jsonl"
+RUN_CONFIG_FILE = "run.json"
+
+
+@dataclass
+class PretrainConfig:
+    preset: str = "gpt1"  # a name in gpt1.model.PRESETS
+    model: dict = field(default_factory=dict)  # GPTConfig fields overriding the preset
+    context: int = 0  # tokens per window; 0 means the model's n_positions
+    micro_batch: int = 8  # windows per forward/backward on one process
+    tokens_per_update: int = 32768  # reached by gradient accumulation over micro-batches and processes
+    max_updates: int = 0  # 0: derive from epochs
+    epochs: float = 100.0  # passes over the training tokens (used when max_updates is 0)
+    lr: float = 2.5e-4
+    warmup_updates: int = 2000
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    dtype: str = "fp32"  # or "bf16" (autocast)
+    eval_every: int = 500  # updates
+    eval_windows: int = 64  # validation windows per evaluation
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    seed: int = 1234
+
+    @classmethod
+    def from_recipe(cls, recipe: str | Path, overrides: dict | None = None) -> PretrainConfig:
+        path = Path(recipe)
+        if not path.suffix:
+            path = RECIPES_DIR / f"{recipe}.toml"
+        if not path.is_file():
+            names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.toml")))
+            raise UserError(f"{recipe}: no such recipe file (built-in recipes: {names})")
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{path}: malformed TOML: {e}") from None
+        return cls.from_dict({**values, **(overrides or {})}, source=path)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: Path | str = "config") -> PretrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"{source}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        if "betas" in values:
+            values = {**values, "betas": tuple(values["betas"])}
+        config = cls(**values)
+        if config.preset not in PRESETS:
+            raise UserError(f"{source}: unknown preset {config.preset!r}; choose one of {sorted(PRESETS)}")
+        if config.dtype not in ("fp32", "bf16"):
+            raise UserError(f"{source}: dtype must be 'fp32' or 'bf16', not {config.dtype!r}")
+        return config
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        try:
+            return GPTConfig(**{**PRESETS[self.preset], "vocab_size": vocab_size, **self.model})
+        except (TypeError, ValueError) as e:
+            raise UserError(f"model settings: {e}") from None
+
+
+def lr_at(step: int, config: PretrainConfig, total: int) -> float:
+    """Linear warm-up from 0 over warmup_updates, then cosine annealing to 0 at the last update."""
+    if step < config.warmup_updates:
+        return config.lr * (step + 1) / config.warmup_updates
+    progress = (step - config.warmup_updates) / max(1, total - config.warmup_updates)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: GPT, config: PretrainConfig) -> torch.optim.AdamW:
+    """Decay every tensor of 2+ dims (weights and embeddings), not biases or LayerNorm gains."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+
+
+class LanguageModelLoss(nn.Module):
+    """Wraps the model so that DistributedDataParallel sees the loss computation as its forward."""
+
+    def __init__(self, model: GPT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_loss(idx, targets)
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def setup(cls, device: torch.device) -> Distributed:
+        if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+            return cls()
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+    def all_mean(self, value: float) -> float:
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.item() / self.world_size
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+class StopRequest:
+    """First Ctrl-C or SIGTERM: finish the current update, save a checkpoint, exit. Second Ctrl-C: stop now."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstop requested: saving a checkpoint after this update (Ctrl-C again to abort)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _seed(*parts: int) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def pretrain(
+    config: PretrainConfig,
+    data_dir: Path,
+    out_dir: Path,
+    resume: bool = False,
+    init_from: Path | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    max_updates_this_run: int | None = None,
+) -> dict:
+    """Train; returns a summary dict (updates, tokens, losses, validation perplexities, tokens/s)."""
+    out_dir = Path(out_dir)
+    dev = pick_device(device)
+    ddp = Distributed.setup(dev)
+    try:
+        return _train(config, TokenData(data_dir), out_dir, resume, init_from, dev, ddp, progress, max_updates_this_run)
+    finally:
+        if ddp.world_size > 1:
+            dist.destroy_process_group()
+
+
+def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_updates_this_run) -> dict:
+    model_config = config.model_config(data.vocab_size)
+    context = config.context or model_config.n_positions
+    if context > model_config.n_positions:
+        raise UserError(f"--context {context} is longer than the model's {model_config.n_positions} positions")
+    data.check_context(context)
+    per_micro = config.micro_batch * context * ddp.world_size
+    if config.tokens_per_update % per_micro:
+        raise UserError(
+            f"tokens_per_update={config.tokens_per_update} is not a multiple of micro_batch x context x processes "
+            f"= {config.micro_batch} x {context} x {ddp.world_size} = {per_micro}"
+        )
+    accumulation = config.tokens_per_update // per_micro
+    total_updates = config.max_updates or max(1, int(config.epochs * len(data.train) / config.tokens_per_update))
+
+    torch.manual_seed(config.seed)
+    model = GPT(model_config)
+    step, tokens_seen = 0, 0
+    optimizer = make_optimizer(model, config)
+    latest = out_dir / LATEST_FILE
+    if resume and latest.exists():
+        step, tokens_seen = _load_checkpoint(out_dir, model, optimizer, config)
+        if ddp.is_main:
+            print(f"resumed from {resolve_model_dir(out_dir)} at update {step}", file=sys.stderr)
+    elif resume:
+        raise UserError(f"{out_dir}: nothing to resume (no {LATEST_FILE} file)")
+    elif latest.exists():
+        raise UserError(f"{out_dir}: holds a run already; pass --resume to continue it or choose another --out")
+    elif init_from is not None:
+        src = resolve_model_dir(init_from)
+        load_weights_into(model, read_safetensors(src / WEIGHTS_FILE), src / WEIGHTS_FILE)
+    model.to(dev)
+    _move_optimizer_state(optimizer, dev)
+
+    if ddp.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out_dir / RUN_CONFIG_FILE, {"pretrain": asdict(config), "model": model_config.to_dict(),
+                                                      "data": str(data.directory), "world_size": ddp.world_size})
+        _truncate_metrics(out_dir / METRICS_FILE, step)
+    loss_module: nn.Module = LanguageModelLoss(model)
+    if ddp.world_size > 1:
+        loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=[dev.index] if dev.type == "cuda" else None)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if config.dtype == "bf16" else contextlib.nullcontext()
+
+    val_starts = validation_starts(len(data.val), context, config.eval_windows)
+    window_digest = hashlib.sha256()
+    summary = {"start_update": step, "val": [], "is_main": ddp.is_main}
+    if step == 0:
+        summary["val"].append(_evaluate_and_log(model, data, val_starts, context, autocast, ddp, out_dir, step, tokens_seen))
+    last_update = total_updates if max_updates_this_run is None else min(total_updates, step + max_updates_this_run)
+    bar = tqdm(total=last_update, initial=step, desc="pretrain", unit="upd", disable=not (progress and ddp.is_main), dynamic_ncols=True)
+    losses = []
+    started = time.perf_counter()
+    tokens_this_run = 0
+    with StopRequest() as stop:
+        while step < last_update:
+            t0 = time.perf_counter()
+            lr = lr_at(step, config, total_updates)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for micro in range(accumulation):
+                starts = window_starts(len(data.train), context, config.micro_batch, (config.seed, step, micro, ddp.rank))
+                window_digest.update(starts.tobytes())
+                x, y = windows(data.train, starts, context)
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                torch.manual_seed(_seed(config.seed, step, micro, ddp.rank))  # dropout masks of this micro-batch
+                sync = micro == accumulation - 1 or ddp.world_size == 1
+                with (contextlib.nullcontext() if sync else loss_module.no_sync()), autocast:
+                    loss = loss_module(x, y)
+                (loss / accumulation).backward()
+                loss_sum += loss.item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).item()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += config.tokens_per_update
+            tokens_this_run += config.tokens_per_update
+            train_loss = ddp.all_mean(loss_sum / accumulation)
+            losses.append(train_loss)
+            seconds = time.perf_counter() - t0
+            record = {"update": step, "tokens": tokens_seen, "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
+                      "tokens_per_s": config.tokens_per_update / seconds}
+            if ddp.is_main:
+                _append_metrics(out_dir / METRICS_FILE, record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+            stopping = stop.requested or step == last_update
+            if step % config.eval_every == 0 or step == last_update:
+                summary["val"].append(_evaluate_and_log(model, data, val_starts, context, autocast, ddp, out_dir, step, tokens_seen))
+            if step % config.checkpoint_every == 0 or stopping:
+                save_checkpoint(out_dir, model, optimizer, step, tokens_seen, data, ddp, config)
+            if stop.requested:
+                break
+    bar.close()
+    elapsed = time.perf_counter() - started
+    _record_replica(out_dir, model, window_digest.hexdigest(), ddp)
+    summary.update(
+        updates=step, tokens=tokens_seen, train_losses=losses, seconds=elapsed,
+        tokens_per_s=tokens_this_run / elapsed if elapsed else 0.0, interrupted=step < last_update,
+        checkpoint=str(resolve_model_dir(out_dir)),
+    )
+    return summary
+
+
+@torch.no_grad()
+def evaluate(model: GPT, data: TokenData, starts: np.ndarray, context: int, autocast, ddp: Distributed, batch: int = 8) -> float:
+    """Mean next-token loss over the validation windows, shared out among the processes."""
+    was_training = model.training
+    model.eval()
+    mine = starts[ddp.rank :: ddp.world_size]
+    total, count = 0.0, 0
+    for i in range(0, len(mine), batch):
+        x, y = windows(data.val, mine[i : i + batch], context)
+        dev = next(model.parameters()).device
+        with autocast:
+            loss = model.lm_loss(x.to(dev), y.to(dev))
+        total += loss.item() * y.numel()
+        count += y.numel()
+    model.train(was_training)
+    if ddp.world_size > 1:
+        t = torch.tensor([total, count], dtype=torch.float64)
+        dist.all_reduce(t)
+        total, count = t.tolist()
+    return total / count
+
+
+def _evaluate_and_log(model, data, starts, context, autocast, ddp, out_dir, step, tokens) -> dict:
+    val_loss = evaluate(model, data, starts, context, autocast, ddp)
+    record = {"update": step, "tokens": tokens, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+    if ddp.is_main:
+        _append_metrics(out_dir / METRICS_FILE, record)
+        tqdm.write(f"update {step}: validation loss {val_loss:.4f}, perplexity {record['val_ppl']:.2f}")
+    return record
+
+
+def save_checkpoint(out_dir: Path, model: GPT, optimizer, step: int, tokens: int, data: TokenData, ddp: Distributed,
+                    config: PretrainConfig) -> None:
+    if ddp.is_main:
+        name = f"step-{step:08d}"
+        checkpoints = out_dir / "checkpoints"
+        with AtomicDirectory(checkpoints / name) as tmp:
+            write_model_files(tmp, model, data.tokenizer_dir)
+            tensors, groups = optimizer_to_tensors(optimizer)
+            save_file(tensors, str(tmp / OPTIMIZER_FILE))
+            write_json_atomic(tmp / STATE_FILE, {
+                "update": step, "tokens": tokens, "param_groups": groups, "seed": config.seed,
+                "rng": "dropout and window seeds derive from (seed, update, micro-batch, rank); nothing else to store",
+            })
+        tmp_latest = out_dir / f".{LATEST_FILE}.tmp"
+        tmp_latest.write_text(name + "\n", encoding="utf-8")
+        os.replace(tmp_latest, out_dir / LATEST_FILE)
+        old = sorted(p for p in checkpoints.glob("step-*") if p.is_dir())[: -config.keep_checkpoints]
+        for path in old:
+            shutil.rmtree(path, ignore_errors=True)
+    ddp.barrier()
+
+
+def _load_checkpoint(out_dir: Path, model: GPT, optimizer, config: PretrainConfig) -> tuple[int, int]:
+    ckpt = resolve_model_dir(out_dir)
+    saved = load_config(ckpt)
+    if saved != model.config:
+        raise UserError(f"{ckpt / 'config.json'}: the checkpoint's model {saved} differs from the recipe's {model.config}")
+    load_weights_into(model, read_safetensors(ckpt / WEIGHTS_FILE), ckpt / WEIGHTS_FILE)
+    state = read_json(ckpt / STATE_FILE)
+    optimizer.load_state_dict(optimizer_from_tensors(read_safetensors(ckpt / OPTIMIZER_FILE), state["param_groups"]))
+    return int(state["update"]), int(state["tokens"])
+
+
+def _move_optimizer_state(optimizer, dev) -> None:
+    for slots in optimizer.state.values():
+        for k, v in slots.items():
+            if torch.is_tensor(v) and k != "step":
+                slots[k] = v.to(dev)
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop records written after the checkpoint, which the resumed run will write again."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line and json.loads(line)["update"] <= step] if step else []
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _record_replica(out_dir: Path, model: GPT, windows_sha: str, ddp: Distributed) -> None:
+    """Each process writes a digest of its final weights and of the windows it drew: replicas must agree on
+    the first and differ on the second."""
+    if ddp.world_size == 1:
+        return
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().float().numpy().tobytes())
+    replica_dir = out_dir / "replicas"
+    replica_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(replica_dir / f"rank{ddp.rank}.json", {"rank": ddp.rank, "weights_sha256": h.hexdigest(),
+                                                             "windows_sha256": windows_sha})

@@ -1,0 +1,143 @@
+"""Pre-training: schedule, optimizer groups, resume that repeats an uninterrupted run, atomic checkpoints, DDP."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt1 import checkpoint as ckpt
+from gpt1.checkpoint import load_model
+from gpt1.errors import UserError
+from gpt1.model import GPT, GPTConfig
+from gpt1.pretrain import PretrainConfig, lr_at, make_optimizer, pretrain
+
+TINY = dict(preset="test", context=32, micro_batch=4, tokens_per_update=256, max_updates=8, lr=3e-3,
+            warmup_updates=2, eval_every=4, eval_windows=8, checkpoint_every=3, keep_checkpoints=2)
+
+
+def losses(run: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["update"]: r["loss"] for r in records if "loss" in r}
+
+
+def test_schedule_warms_up_linearly_then_anneals_to_zero():
+    config = PretrainConfig(lr=2.5e-4, warmup_updates=2000)
+    assert lr_at(0, config, 10000) == pytest.approx(2.5e-4 / 2000)
+    assert lr_at(999, config, 10000) == pytest.approx(2.5e-4 * 1000 / 2000)
+    assert lr_at(2000, config, 10000) == pytest.approx(2.5e-4)
+    assert lr_at(6000, config, 10000) == pytest.approx(2.5e-4 * 0.5)
+    assert lr_at(10000, config, 10000) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_weight_decay_applies_to_tensors_of_two_or_more_dims_only():
+    model = GPT(GPTConfig(vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2))
+    optimizer = make_optimizer(model, PretrainConfig())
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.01 for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decayed) == (p.dim() >= 2), name
+    assert id(model.tokens_embed.weight) in decayed  # the original code decays the embeddings too
+
+
+def test_training_lowers_validation_loss_and_writes_metrics(token_data, tmp_path):
+    config = PretrainConfig.from_dict({**TINY, "max_updates": 30, "eval_every": 10})
+    summary = pretrain(config, token_data, tmp_path / "run", progress=False)
+    first, last = summary["val"][0], summary["val"][-1]
+    assert first["update"] == 0 and last["update"] == 30
+    assert last["val_loss"] < first["val_loss"] - 0.5
+    assert math.isclose(last["val_ppl"], math.exp(last["val_loss"]), rel_tol=1e-9)
+    assert set(losses(tmp_path / "run")) == set(range(1, 31))
+    model = load_model(tmp_path / "run")  # the run folder resolves to its latest checkpoint
+    assert model.config.n_layer == 2 and model.config.vocab_size == 64
+
+
+def test_resumed_run_repeats_the_uninterrupted_run_loss_for_loss(token_data, tmp_path):
+    config = PretrainConfig.from_dict(TINY)
+    pretrain(config, token_data, tmp_path / "straight", progress=False)
+    pretrain(config, token_data, tmp_path / "resumed", progress=False, max_updates_this_run=3)
+    assert max(losses(tmp_path / "resumed")) == 3
+    summary = pretrain(config, token_data, tmp_path / "resumed", resume=True, progress=False)
+    assert summary["start_update"] == 3
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")  # exact float equality, step for step
+    a, b = load_model(tmp_path / "straight").state_dict(), load_model(tmp_path / "resumed").state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_whole(token_data, tmp_path, monkeypatch):
+    config = PretrainConfig.from_dict({**TINY, "max_updates": 6})
+    pretrain(config, token_data, tmp_path / "run", progress=False, max_updates_this_run=3)
+    before = (tmp_path / "run" / "latest").read_text()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing the optimizer state")
+
+    monkeypatch.setattr("gpt1.pretrain.save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config, token_data, tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / "latest").read_text() == before
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-00000003"]
+    monkeypatch.undo()
+    summary = pretrain(config, token_data, tmp_path / "run", resume=True, progress=False)
+    assert summary["start_update"] == 3 and summary["updates"] == 6
+
+
+def test_old_checkpoints_are_pruned(token_data, tmp_path):
+    pretrain(PretrainConfig.from_dict(TINY), token_data, tmp_path / "run", progress=False)
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["step-00000006", "step-00000008"]
+    assert (tmp_path / "run" / "latest").read_text().strip() == "step-00000008"
+
+
+def test_refuses_a_context_longer_than_the_model(token_data, tmp_path):
+    config = PretrainConfig.from_dict({**TINY, "context": 65})  # the test preset has 64 positions
+    with pytest.raises(UserError, match="longer than the model's 64 positions"):
+        pretrain(config, token_data, tmp_path / "run", progress=False)
+
+
+def test_refuses_a_batch_that_does_not_divide_the_update(token_data, tmp_path):
+    config = PretrainConfig.from_dict({**TINY, "tokens_per_update": 300})
+    with pytest.raises(UserError, match="not a multiple of micro_batch x context"):
+        pretrain(config, token_data, tmp_path / "run", progress=False)
+
+
+def test_refuses_to_overwrite_a_run_without_resume(token_data, tmp_path):
+    config = PretrainConfig.from_dict({**TINY, "max_updates": 3})
+    pretrain(config, token_data, tmp_path / "run", progress=False)
+    with pytest.raises(UserError, match="pass --resume"):
+        pretrain(config, token_data, tmp_path / "run", progress=False)
+
+
+def test_resuming_with_another_model_shape_is_refused(token_data, tmp_path):
+    pretrain(PretrainConfig.from_dict({**TINY, "max_updates": 3}), token_data, tmp_path / "run", progress=False)
+    other = PretrainConfig.from_dict({**TINY, "model": {"n_embd": 32}})
+    with pytest.raises(UserError, match="differs from the recipe"):
+        pretrain(other, token_data, tmp_path / "run", resume=True, progress=False)
+
+
+def test_recipes_parse_and_their_batch_arithmetic_holds():
+    for name in ("gpt1", "cpu-small", "demo"):
+        config = PretrainConfig.from_recipe(name)
+        assert config.tokens_per_update % (config.micro_batch * config.context) == 0, name
+    paper = PretrainConfig.from_recipe("gpt1")
+    assert (paper.tokens_per_update, paper.context, paper.lr, paper.warmup_updates) == (64 * 512, 512, 2.5e-4, 2000)
+
+
+def test_two_processes_under_torchrun_stay_in_sync_and_see_different_data(token_data, tmp_path):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in {**TINY, "max_updates": 4}.items()) + "\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt1.cli",
+           "pretrain", "--data", str(token_data), "--out", str(tmp_path / "run"), "--recipe", str(recipe)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "run" / "replicas" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert ranks[0]["windows_sha256"] != ranks[1]["windows_sha256"]
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["world_size"] == 2
+    assert max(losses(tmp_path / "run")) == 4
