@@ -85,7 +85,7 @@ def cmd_pretrain(args) -> None:
 
 def _print_pretrain_summary(summary: dict) -> None:
     val = summary["val"]
-    if val:
+    if len(val) > 1:
         first, last = val[0], val[-1]
         print(f"validation perplexity {first['val_ppl']:.2f} (update {first['update']}) -> "
               f"{last['val_ppl']:.2f} (update {last['update']})")

@@ -32,7 +32,7 @@ TEXT_SUFFIXES = (".txt", ".text", ".md", ".gz")
 META_FILE = "meta.json"
 GROUP_BYTES = 32 << 20  # encode this much text per batch, so the id lists of a huge corpus never coexist
 
-_GUTENBERG_START = re.compile(r"^\s*\*\*\*\s*START OF.*$|^\*END\*THE SMALL PRINT.*$", re.MULTILINE | re.IGNORECASE)
+_GUTENBERG_START = re.compile(r"^\s*\*\*\*\s*START OF.*$|^\*END\*?\s*THE SMALL PRINT.*$", re.MULTILINE | re.IGNORECASE)
 _GUTENBERG_END = re.compile(
     r"^\s*\*\*\*\s*END OF.*$|^\s*End of (the )?Project Gutenberg.*$", re.MULTILINE | re.IGNORECASE
 )

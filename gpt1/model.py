@@ -181,26 +181,55 @@ class GPT(nn.Module):
 
 
 def lm_cross_entropy(
-    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, chunk_tokens: int = 2048
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, chunk_tokens: int = 1024
 ) -> torch.Tensor:
-    """Cross-entropy of logits h @ weight^T, computed over chunks of tokens.
+    """Mean cross-entropy of the logits h @ weight^T over the tokens whose target is not ignore_index.
 
-    The full logits of a batch are (B*T, 40478) floats; chunking with recomputation in the backward pass keeps
-    only one chunk's logits alive at a time.
+    The logits of a batch are (B*T, 40478) floats, the largest tensor of a step. They are made one chunk of
+    tokens at a time; with gradients on, each chunk's gradients are computed on the spot, so neither the full
+    logits nor a recomputation of them in the backward pass is ever needed.
     """
     h = h.reshape(-1, h.size(-1))  # (N, C)
     targets = targets.reshape(-1)  # (N,)
-    n_valid = (targets != ignore_index).sum()
-    total = h.new_zeros((), dtype=torch.float32)
-    for start in range(0, h.size(0), chunk_tokens):
-        hc, tc = h[start : start + chunk_tokens], targets[start : start + chunk_tokens]
-        total = total + torch.utils.checkpoint.checkpoint(_chunk_ce_sum, hc, weight, tc, ignore_index, use_reentrant=False)
-    return total / n_valid.clamp(min=1)
+    n_valid = (targets != ignore_index).sum().clamp(min=1)
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        total = _ChunkedLinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk_tokens)
+    else:
+        total = sum(
+            F.cross_entropy(F.linear(h[i : i + chunk_tokens], weight).float(), targets[i : i + chunk_tokens],
+                            ignore_index=ignore_index, reduction="sum")
+            for i in range(0, h.size(0), chunk_tokens)
+        )
+    return total / n_valid
 
 
-def _chunk_ce_sum(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    logits = F.linear(h, weight).float()  # (n, V)
-    return F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of h @ weight^T whose forward pass also computes both gradients, chunk by chunk."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, ignore_index, chunk_tokens):
+        grad_h = torch.empty_like(h)  # (N, C)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)  # (V, C)
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for i in range(0, h.size(0), chunk_tokens):
+            hc, tc = h[i : i + chunk_tokens], targets[i : i + chunk_tokens]  # (n, C), (n,)
+            logits = F.linear(hc, weight).float()  # (n, V)
+            valid = tc != ignore_index
+            safe_t = tc.clamp(min=0)
+            lse = torch.logsumexp(logits, dim=-1)  # (n,)
+            total += ((lse - logits.gather(1, safe_t[:, None])[:, 0]) * valid).sum()
+            d_logits = torch.softmax(logits, dim=-1)  # d(sum of CE)/d(logits) = softmax - one_hot
+            d_logits[torch.arange(len(tc), device=tc.device), safe_t] -= 1.0
+            d_logits *= valid[:, None]
+            grad_h[i : i + chunk_tokens] = d_logits @ weight  # (n, C)
+            grad_w += d_logits.t() @ hc  # (V, C), accumulated in fp32 under autocast too
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_total, grad_w * grad_total, None, None, None
 
 
 def count_parameters_formula(config: GPTConfig) -> int:

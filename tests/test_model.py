@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from gpt1.checkpoint import load_model, save_model
 from gpt1.convert import convert
 from gpt1.errors import UserError
-from gpt1.model import GPT, GPTConfig, KVCache, count_parameters_formula, preset_config
+from gpt1.model import GPT, GPTConfig, KVCache, count_parameters_formula, lm_cross_entropy, preset_config
 
 transformers = pytest.importorskip("transformers")
 VOCAB_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt1_vocab"
@@ -145,6 +145,15 @@ def test_chunked_loss_matches_full_cross_entropy_and_its_gradient():
     reference.backward()
     torch.testing.assert_close(loss, reference)
     torch.testing.assert_close(grad, model.tokens_embed.weight.grad)
+    h = model.hidden_states(ids).detach().requires_grad_()
+    many_chunks = lm_cross_entropy(h, model.tokens_embed.weight, targets, chunk_tokens=7)  # 72 tokens
+    many_chunks.backward()
+    h_ref = h.detach().clone().requires_grad_()
+    F.cross_entropy(F.linear(h_ref, model.tokens_embed.weight).reshape(-1, 97), targets.reshape(-1)).backward()
+    torch.testing.assert_close(many_chunks, reference)
+    torch.testing.assert_close(h.grad, h_ref.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(lm_cross_entropy(h, model.tokens_embed.weight, targets, chunk_tokens=7), reference)
 
 
 def test_loading_weights_of_another_shape_names_the_file(tmp_path):

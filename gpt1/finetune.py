@@ -1,0 +1,417 @@
+"""Discriminative fine-tuning (GPT1.md, "Fine-tuning"): task-aware input transformations, a linear head on the
+extract token's final hidden state, and the auxiliary language-modelling loss.
+
+Every task becomes K token sequences per example, batched as (B, K, T):
+  classification   K = 1   `s text e`
+  entailment       K = 1   `s premise $ hypothesis e`
+  similarity       K = 2   `s A $ B e` and `s B $ A e`; the two extract states are added before the head
+  regression       K = 2   as similarity, one output (STS-B); with a single text, K = 1
+  multiple-choice  K = n   `s context question $ answer_k e` for each answer; one scalar each, softmax over k
+
+Truncation, when a sequence exceeds the context: a single text loses its end; two texts lose tokens from the
+end of the longer one until they fit; multiple choice keeps question and answer whole and cuts the end of the
+context. Every cut example is counted and reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from .checkpoint import (
+    CONFIG_FILE,
+    TOKENIZER_DIR,
+    WEIGHTS_FILE,
+    AtomicDirectory,
+    copy_tokenizer,
+    load_config,
+    load_weights_into,
+    read_json,
+    read_safetensors,
+    resolve_model_dir,
+)
+from .errors import UserError
+from .model import GPT, GPTConfig, lm_cross_entropy
+
+KINDS = ("classification", "entailment", "similarity", "regression", "multiple-choice")
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    """One example as token sequences; `label` is a class index, a float (regression) or None."""
+
+    sequences: list[list[int]]
+    label: int | float | None
+    truncated: bool
+
+
+class InputTransform:
+    """Turns (text_a, text_b, choices) into the token sequences of a task kind, within `max_len` tokens."""
+
+    def __init__(self, tokenizer, kind: str, max_len: int):
+        if kind not in KINDS:
+            raise ValueError(f"unknown task kind {kind!r}; choose one of {KINDS}")
+        self.tokenizer, self.kind, self.max_len = tokenizer, kind, max_len
+        self.s, self.d, self.e = tokenizer.start_id, tokenizer.delimiter_id, tokenizer.extract_id
+
+    def __call__(self, text_a: str, text_b: str | None = None, choices: list[str] | None = None,
+                 label=None) -> Encoded:
+        enc = self.tokenizer.encode
+        a = enc(text_a)
+        if self.kind == "multiple-choice":
+            question = enc(text_b) if text_b else []
+            sequences, cut = [], False
+            for choice in choices:
+                answer = enc(choice)
+                room = self.max_len - 3 - len(question) - len(answer)
+                if room < 0:  # question and answer alone overflow: cut them too, answer last
+                    room, keep_q = 0, max(0, self.max_len - 3 - len(answer))
+                    question_k, answer_k = question[:keep_q], answer[: self.max_len - 3 - min(keep_q, len(question))]
+                else:
+                    question_k, answer_k = question, answer
+                cut |= len(a) > room or question_k != question or answer_k != answer
+                sequences.append([self.s, *a[:room], *question_k, self.d, *answer_k, self.e])
+            return Encoded(sequences, label, cut)
+        if text_b is None:
+            kept = a[: self.max_len - 2]
+            return Encoded([[self.s, *kept, self.e]], label, len(kept) < len(a))
+        b = enc(text_b)
+        a_kept, b_kept = _truncate_pair(a, b, self.max_len - 3)
+        cut = len(a_kept) < len(a) or len(b_kept) < len(b)
+        first = [self.s, *a_kept, self.d, *b_kept, self.e]
+        if self.kind in ("similarity", "regression"):  # both orders: similarity has no natural order
+            return Encoded([first, [self.s, *b_kept, self.d, *a_kept, self.e]], label, cut)
+        return Encoded([first], label, cut)
+
+
+def _truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """Drop tokens from the end of the longer sequence until both fit in `budget`."""
+    la, lb = len(a), len(b)
+    while la + lb > budget:
+        if la >= lb:
+            la -= 1
+        else:
+            lb -= 1
+    return a[:la], b[:lb]
+
+
+def collate(batch: list[Encoded], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Pad to (B, K, T) ids and (B, K) lengths; labels (B,) or None. Padding sits after the extract token,
+    where causal attention keeps it from influencing any real position."""
+    k = max(len(ex.sequences) for ex in batch)
+    t = max(len(seq) for ex in batch for seq in ex.sequences)
+    ids = torch.full((len(batch), k, t), pad_id, dtype=torch.long)
+    lengths = torch.ones((len(batch), k), dtype=torch.long)
+    for i, ex in enumerate(batch):
+        if len(ex.sequences) != k:
+            raise ValueError(f"examples with {len(ex.sequences)} and {k} sequences cannot share a batch")
+        for j, seq in enumerate(ex.sequences):
+            ids[i, j, : len(seq)] = torch.tensor(seq)
+            lengths[i, j] = len(seq)
+    labels = None
+    if all(ex.label is not None for ex in batch):
+        dtype = torch.float32 if isinstance(batch[0].label, float) else torch.long
+        labels = torch.tensor([ex.label for ex in batch], dtype=dtype)
+    return ids, lengths, labels
+
+
+class TaskModel(nn.Module):
+    """The pre-trained decoder plus one linear layer on the extract token's state (dropout 0.1 before it)."""
+
+    def __init__(self, config: GPTConfig, kind: str, n_outputs: int, clf_pdrop: float = 0.1):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown task kind {kind!r}")
+        self.kind = kind
+        self.transformer = GPT(config)
+        self.clf_dropout = nn.Dropout(clf_pdrop)
+        self.head = nn.Linear(config.n_embd, 1 if kind == "multiple-choice" else n_outputs)
+        nn.init.normal_(self.head.weight, std=config.init_std)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (B, K, T), lengths (B, K) -> task logits (B, n_outputs) [(B, K) for multiple choice] and the
+        final hidden states (B*K, T, C) for the auxiliary LM loss."""
+        B, K, T = ids.shape
+        h = self.transformer.hidden_states(ids.view(B * K, T))  # (B*K, T, C)
+        extract = h[torch.arange(B * K, device=ids.device), lengths.view(-1) - 1].view(B, K, -1)  # (B, K, C)
+        if self.kind == "multiple-choice":
+            logits = self.head(self.clf_dropout(extract)).squeeze(-1)  # (B, K)
+        else:
+            logits = self.head(self.clf_dropout(extract.sum(dim=1)))  # (B, n_outputs); K = 2 adds both orders
+        return logits, h
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.kind == "regression":
+            return F.mse_loss(logits.squeeze(-1).float(), labels)
+        return F.cross_entropy(logits.float(), labels)
+
+    def lm_loss(self, ids: torch.Tensor, lengths: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Next-token loss on the same inputs, padding masked (the original code predicts the special tokens too)."""
+        B, K, T = ids.shape
+        flat = ids.view(B * K, T)
+        targets = flat[:, 1:].clone()
+        positions = torch.arange(1, T, device=ids.device)
+        targets[positions[None, :] >= lengths.view(-1, 1)] = IGNORE
+        return lm_cross_entropy(h[:, :-1], self.transformer.tokens_embed.weight, targets, ignore_index=IGNORE)
+
+
+def extend_vocabulary(state: dict[str, torch.Tensor], n_new: int, std: float, generator=None) -> dict[str, torch.Tensor]:
+    """Append `n_new` rows drawn from N(0, std) to the token embedding (start, delimiter, extract)."""
+    emb = state["tokens_embed.weight"]
+    new_rows = torch.randn(n_new, emb.size(1), generator=generator, dtype=emb.dtype) * std
+    return {**state, "tokens_embed.weight": torch.cat([emb, new_rows], dim=0)}
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass
+class FinetuneConfig:
+    lr: float = 6.25e-5
+    batch_size: int = 32  # examples per update
+    micro_batch: int = 8  # examples per forward/backward; batch_size / micro_batch accumulation steps
+    epochs: int = 3
+    warmup_fraction: float = 0.002  # of all updates; then linear decay to 0
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    lm_coef: float = 0.5  # lambda of the auxiliary LM loss; 0 turns it off
+    clf_pdrop: float = 0.1
+    max_len: int = 0  # tokens per sequence; 0 = the model's context
+    transfer_layers: int = -1  # blocks taken from the pre-trained model; -1 = all
+    from_scratch: bool = False
+    max_train_examples: int = 0  # 0 = all
+    dtype: str = "fp32"
+    seed: int = 0
+
+
+def finetune_lr(update: int, total: int, config: FinetuneConfig) -> float:
+    """The original code's `warmup_linear`: x = update/total; x/w during warm-up, then 1 - x."""
+    x = update / max(1, total)
+    w = config.warmup_fraction
+    return config.lr * (x / w if x < w else max(0.0, 1.0 - x))
+
+
+def build_task_model(
+    pretrained: Path | None, tokenizer, kind: str, n_outputs: int, config: FinetuneConfig, base_config: GPTConfig | None = None
+) -> TaskModel:
+    """A TaskModel whose decoder starts from `pretrained` (its embeddings and first `transfer_layers` blocks;
+    all by default) or, with from_scratch, from N(0, 0.02) everywhere. The start/delimiter/extract embeddings
+    are new rows drawn from N(0, 0.02)."""
+    torch.manual_seed(config.seed)
+    source = load_config(pretrained) if pretrained is not None else base_config
+    if source is None:
+        raise UserError("fine-tuning needs a pre-trained model folder, or a model config with --from-scratch")
+    n_vocab = tokenizer.n_vocab_with_specials
+    if source.vocab_size not in (tokenizer.vocab_size, n_vocab):
+        raise UserError(
+            f"{pretrained}: the model has {source.vocab_size} token embeddings but the tokenizer "
+            f"{tokenizer.vocab_size} ids (+3 fine-tuning tokens); they were not trained together"
+        )
+    model_config = GPTConfig(**{**source.to_dict(), "vocab_size": n_vocab})
+    model = TaskModel(model_config, kind, n_outputs, config.clf_pdrop)
+    if config.from_scratch:
+        return model
+    weights_path = resolve_model_dir(pretrained) / WEIGHTS_FILE
+    state = read_safetensors(weights_path)
+    if source.vocab_size == tokenizer.vocab_size:
+        state = extend_vocabulary(state, 3, model_config.init_std)
+    n_layer = model_config.n_layer
+    k = n_layer if config.transfer_layers < 0 else config.transfer_layers
+    if not 0 <= k <= n_layer:
+        raise UserError(f"--transfer-layers {k}: the model has {n_layer} blocks (choose 0..{n_layer})")
+    transferred = {
+        name: tensor for name, tensor in state.items()
+        if not name.startswith("h.") or int(name.split(".")[1]) < k
+    }
+    fresh = model.transformer.state_dict()
+    for name, tensor in transferred.items():
+        if name not in fresh or fresh[name].shape != tensor.shape:
+            raise UserError(f"{weights_path}: {name} does not fit the model ({list(tensor.shape)})")
+    fresh.update(transferred)
+    model.transformer.load_state_dict(fresh)
+    return model
+
+
+def encode_examples(examples, transform: InputTransform, progress: bool = False) -> tuple[list[Encoded], int]:
+    """Encode every example up front (a malformed one fails before training starts); returns them and the
+    number that had to be truncated."""
+    encoded = [
+        transform(ex.text_a, ex.text_b, ex.choices, ex.label)
+        for ex in tqdm(examples, desc="encode", unit="ex", disable=not progress, leave=False)
+    ]
+    return encoded, sum(e.truncated for e in encoded)
+
+
+@torch.no_grad()
+def predict_logits(model: TaskModel, encoded: list[Encoded], batch_size: int = 32, autocast=None) -> torch.Tensor:
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    order = sorted(range(len(encoded)), key=lambda i: -max(map(len, encoded[i].sequences)))  # less padding
+    for start in range(0, len(order), batch_size):
+        chunk = [encoded[i] for i in order[start : start + batch_size]]
+        ids, lengths, _ = collate(chunk)
+        with autocast or contextlib.nullcontext():
+            logits, _ = model(ids.to(device), lengths.to(device))
+        outputs.append(logits.float().cpu())
+    logits = torch.cat(outputs)
+    result = torch.empty_like(logits)
+    result[torch.tensor(order)] = logits
+    return result
+
+
+def logits_to_predictions(logits: torch.Tensor, kind: str) -> list:
+    if kind == "regression":
+        return logits.squeeze(-1).tolist()
+    return logits.argmax(-1).tolist()
+
+
+def finetune(
+    task,
+    tokenizer,
+    tokenizer_dir: Path,
+    pretrained: Path | None,
+    out_dir: Path,
+    config: FinetuneConfig,
+    base_config: GPTConfig | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune on task.splits["train"], pick the best epoch on task.splits["dev"] (by the task's first
+    metric), save that model to out_dir with task.json and results.json, and return the results."""
+    from .metrics import compute_metrics
+
+    out_dir = Path(out_dir)
+    if "train" not in task.splits or not task.splits["train"]:
+        raise UserError(f"{task.name}: no labelled training examples")
+    n_outputs = 1 if task.kind == "regression" else len(task.label_names or [])
+    model = build_task_model(pretrained, tokenizer, task.kind, n_outputs, config, base_config)
+    max_len = config.max_len or model.transformer.config.n_positions
+    if max_len > model.transformer.config.n_positions:
+        raise UserError(f"--max-len {max_len} is longer than the model's {model.transformer.config.n_positions} positions")
+    transform = InputTransform(tokenizer, task.kind, max_len)
+
+    train_examples = task.splits["train"]
+    if config.max_train_examples:
+        rng = random.Random(config.seed)
+        train_examples = rng.sample(train_examples, min(config.max_train_examples, len(train_examples)))
+    train, train_cut = encode_examples(train_examples, transform, progress)
+    dev_examples = task.splits.get("dev") or []
+    dev, dev_cut = encode_examples(dev_examples, transform, progress)
+    truncated = {"train": train_cut, "dev": dev_cut}
+    for split, n in truncated.items():
+        if n:
+            print(f"{task.name} {split}: {n} of {len(train if split == 'train' else dev)} examples truncated "
+                  f"to {max_len} tokens", file=sys.stderr)
+
+    dev_ = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(dev_)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    autocast = torch.autocast(dev_.type, dtype=torch.bfloat16) if config.dtype == "bf16" else contextlib.nullcontext()
+    if config.batch_size % config.micro_batch and config.micro_batch < config.batch_size:
+        raise UserError(f"--batch-size {config.batch_size} is not a multiple of --micro-batch {config.micro_batch}")
+    micro = min(config.micro_batch, config.batch_size)
+    updates_per_epoch = math.ceil(len(train) / config.batch_size)
+    total = updates_per_epoch * config.epochs
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = out_dir / "metrics.jsonl"
+    metrics_path.write_text("", encoding="utf-8")
+    rng = random.Random(config.seed)
+    update, best, history, best_state = 0, None, [], None
+    bar = tqdm(total=total, desc=f"finetune {task.name}", unit="upd", disable=not progress, dynamic_ncols=True)
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        for start in range(0, len(order), config.batch_size):
+            batch = [train[i] for i in order[start : start + config.batch_size]]
+            lr = finetune_lr(update, total, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            task_sum = lm_sum = 0.0
+            for m in range(0, len(batch), micro):
+                ids, lengths, labels = collate(batch[m : m + micro])
+                ids, lengths, labels = ids.to(dev_), lengths.to(dev_), labels.to(dev_)
+                with autocast:
+                    logits, h = model(ids, lengths)
+                    task_loss = model.task_loss(logits, labels)
+                    lm_loss = model.lm_loss(ids, lengths, h) if config.lm_coef else torch.zeros((), device=dev_)
+                share = len(labels) / len(batch)
+                ((task_loss + config.lm_coef * lm_loss) * share).backward()
+                task_sum += task_loss.item() * share
+                lm_sum += lm_loss.item() * share
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            update += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{task_sum:.3f}", lm=f"{lm_sum:.3f}", lr=f"{lr:.2e}")
+            _append_jsonl(metrics_path, {"update": update, "epoch": epoch, "task_loss": task_sum, "lm_loss": lm_sum,
+                                         "lr": lr})
+        record = {"epoch": epoch, "update": update}
+        if dev:
+            preds = logits_to_predictions(predict_logits(model, dev, autocast=autocast), task.kind)
+            record["dev"] = compute_metrics(task.metrics, preds, [e.label for e in dev])
+            tqdm.write(f"{task.name} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items()))
+        history.append(record)
+        _append_jsonl(metrics_path, record)
+        score = record["dev"][task.metrics[0]] if dev else epoch
+        if best is None or score > best["score"]:
+            best = {"epoch": epoch, "score": score, "dev": record.get("dev")}
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    bar.close()
+    model.load_state_dict(best_state)
+    info = {"name": task.name, "kind": task.kind, "label_names": task.label_names, "metrics": task.metrics,
+            "n_outputs": n_outputs, "max_len": max_len}
+    save_task_model(model, info, tokenizer_dir, out_dir / "model")
+    results = {"task": task.name, "kind": task.kind, "best_epoch": best["epoch"], "dev": best["dev"],
+               "history": history, "truncated": truncated, "train_examples": len(train), "dev_examples": len(dev),
+               "config": asdict(config), "pretrained": None if config.from_scratch else str(pretrained),
+               "notes": list(getattr(task, "notes", []))}
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+TASK_FILE = "task.json"
+
+
+def save_task_model(model: TaskModel, info: dict, tokenizer_dir: Path | None, directory: Path) -> None:
+    with AtomicDirectory(directory) as tmp:
+        (tmp / CONFIG_FILE).write_text(json.dumps(model.transformer.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+                  str(tmp / WEIGHTS_FILE), metadata={"format": "gpt1-task"})
+        (tmp / TASK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        if tokenizer_dir is not None:
+            copy_tokenizer(tokenizer_dir, tmp / TOKENIZER_DIR)
+
+
+def load_task_model(directory: Path, device: str = "cpu") -> tuple[TaskModel, dict]:
+    directory = Path(directory)
+    if (directory / "model" / TASK_FILE).exists():  # the folder `finetune` wrote
+        directory = directory / "model"
+    info = read_json(directory / TASK_FILE)
+    model = TaskModel(load_config(directory), info["kind"], info["n_outputs"])
+    load_weights_into(model, read_safetensors(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
+    return model.to(device).eval(), info

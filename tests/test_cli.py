@@ -1,0 +1,172 @@
+"""The command line: --help everywhere, and bad input answered by one line naming the file, exit code 2,
+with nothing half-written."""
+
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gpt1.checkpoint import save_model
+from gpt1.cli import build_parser, main
+from gpt1.model import GPT, GPTConfig
+from conftest import require_shared_data
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def vocab():
+    return require_shared_data("gpt1_vocab")
+
+
+def test_every_subcommand_has_help():
+    result = subprocess.run([sys.executable, "-m", "gpt1.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "pretrain" in result.stdout
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(commands) >= {"encode", "decode", "train-tokenizer", "prepare", "pretrain", "generate", "convert", "demo"}
+    for name, sub in commands.items():
+        assert sub.format_help().startswith("usage: gpt1 " + name)
+
+
+def test_encode_then_decode_round_trips_documents(vocab, tmp_path, capsys):
+    text = tmp_path / "docs.txt"
+    text.write_text("Hello, world!\nThe cat sat on the mat.\n\n", encoding="utf-8")
+    code, out, _ = run(capsys, "encode", "--tokenizer", vocab, text, "--workers", "1")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 3 and lines[2] == ""  # one line per document, the empty one included
+    ids = tmp_path / "ids.txt"
+    ids.write_text(out)
+    code, out, _ = run(capsys, "decode", "--tokenizer", vocab, ids)
+    assert code == 0
+    assert out.splitlines() == ["hello , world !", "the cat sat on the mat .", ""]
+
+
+def test_encode_reports_the_line_of_non_utf8_input(vocab, tmp_path, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine line\nna\xefve caf\xe9\n")
+    code, _, err = run(capsys, "encode", "--tokenizer", vocab, bad)
+    assert code == 2
+    one_line_error(err, f"{bad}:2", "not UTF-8")
+
+
+def test_missing_and_malformed_vocabulary_files(vocab, tmp_path, capsys):
+    broken = tmp_path / "vocab"
+    shutil.copytree(vocab, broken)
+    (broken / "vocab_40000.bpe").unlink()
+    code, _, err = run(capsys, "encode", "--tokenizer", broken)
+    assert code == 2
+    one_line_error(err, str(broken))
+    shutil.copyfile(vocab / "vocab_40000.bpe", broken / "vocab_40000.bpe")
+    (broken / "encoder_bpe_40000.json").write_text('{"a": 1,,}')
+    code, _, err = run(capsys, "encode", "--tokenizer", broken)
+    assert code == 2
+    one_line_error(err, "encoder_bpe_40000.json")
+
+
+@pytest.mark.parametrize("content, message", [(b"", "empty file"), (b"\x00\x01\x02binary\x00", "binary"),
+                                              (b"caf\xe9 au lait\n", "not UTF-8")])
+def test_prepare_refuses_bad_corpus_files_and_writes_nothing(vocab, tmp_path, capsys, content, message):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "good.txt").write_text("A fine paragraph of text.\n", encoding="utf-8")
+    (corpus / "bad.txt").write_bytes(content)
+    code, _, err = run(capsys, "prepare", corpus, "--tokenizer", vocab, "--out", tmp_path / "data")
+    assert code == 2
+    one_line_error(err, str(corpus / "bad.txt"), message)
+    assert not (tmp_path / "data").exists()
+    assert not list(tmp_path.glob(".data*"))  # no temporary leftovers either
+
+
+def test_prepare_skips_bad_files_when_asked_and_lists_them(vocab, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(12):
+        (corpus / f"doc{i:02d}.txt").write_text(f"Document number {i} says hello.\n\nA second paragraph.\n")
+    with gzip.open(corpus / "doc99.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("A gzipped document.\n")
+    (corpus / "latin1.txt").write_bytes(b"caf\xe9\n")
+    code, out, err = run(capsys, "prepare", corpus, "--tokenizer", vocab, "--out", tmp_path / "data",
+                         "--on-bad-file", "skip", "--workers", "1")
+    assert code == 0, err
+    assert "latin1.txt" in err and "skipped 1 bad file" in out
+    meta = json.loads((tmp_path / "data" / "meta.json").read_text())
+    assert meta["documents"] == 13 and meta["val_documents"] == 1
+    assert meta["train_tokens"] > 0 and meta["val_tokens"] > 0
+
+
+def test_prepare_strips_gutenberg_header_and_footer(vocab, tmp_path, capsys):
+    book = tmp_path / "book.txt"
+    book.write_text("The Project Gutenberg eBook of X\nlicence blah\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\n"
+                    "Chapter one.\nIt was a dark\nand stormy night.\n\nThe end.\n"
+                    "*** END OF THE PROJECT GUTENBERG EBOOK X ***\nmore licence\n", encoding="utf-8")
+    code, _, err = run(capsys, "prepare", book, "--tokenizer", vocab, "--out", tmp_path / "data", "--gutenberg",
+                       "--val-fraction", "0.25")
+    assert code == 0, err
+    from gpt1.data import TokenData
+    from gpt1.tokenizer import load_tokenizer
+
+    data = TokenData(tmp_path / "data")
+    text = load_tokenizer(vocab).decode([int(t) for t in list(data.train) + list(data.val)])
+    assert "licence" not in text and "gutenberg" not in text
+    assert "it was a dark and stormy night ." in text  # hard-wrapped lines joined
+
+
+def test_generate_refuses_weights_of_another_shape(tmp_path, capsys):
+    save_model(GPT(GPTConfig(vocab_size=97, n_positions=16, n_embd=32, n_layer=1, n_head=4)), tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["n_layer"] = 2
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    code, _, err = run(capsys, "generate", "--model", tmp_path / "m", "--tokenizer", tmp_path)
+    assert code == 2
+    one_line_error(err, str(tmp_path / "m" / "model.safetensors"), "missing")
+
+
+def test_convert_of_a_missing_folder_and_of_a_foreign_config(tmp_path, capsys):
+    code, _, err = run(capsys, "convert", "--from", "hf", "--to", "gpt1", tmp_path / "nope", tmp_path / "out")
+    assert code == 2
+    one_line_error(err, str(tmp_path / "nope"))
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    code, _, err = run(capsys, "convert", "--from", "hf", "--to", "gpt1", tmp_path / "gpt2", tmp_path / "out")
+    assert code == 2
+    one_line_error(err, "config.json", "gpt2")
+    assert not (tmp_path / "out").exists()
+
+
+def test_pretrain_refuses_a_context_longer_than_the_model(token_data, tmp_path, capsys):
+    code, _, err = run(capsys, "pretrain", "--data", token_data, "--out", tmp_path / "run", "--recipe", "demo",
+                       "--preset", "test", "--context", "128")
+    assert code == 2
+    one_line_error(err, "--context 128", "64 positions")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_pretrain_then_generate_from_the_command_line(vocab, tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"the cat number {i} sat on the mat ." for i in range(300)), encoding="utf-8")
+    assert run(capsys, "prepare", corpus, "--tokenizer", vocab, "--out", tmp_path / "data", "--val-fraction", "0.1")[0] == 0
+    code, out, err = run(capsys, "pretrain", "--data", tmp_path / "data", "--out", tmp_path / "run", "--recipe", "demo",
+                         "--preset", "test", "--context", "32", "--micro-batch", "4", "--tokens-per-update", "128",
+                         "--max-updates", "6", "--eval-every", "3", "--checkpoint-every", "3")
+    assert code == 0, err
+    assert "validation perplexity" in out
+    code, out, err = run(capsys, "generate", "--model", tmp_path / "run", "--prompt", "the cat", "--seed", "1",
+                         "--max-new-tokens", "5")
+    assert code == 0, err
+    assert out.startswith("the cat")

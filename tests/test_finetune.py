@@ -1,0 +1,165 @@
+"""Fine-tuning: the input transformations, the heads, the auxiliary loss, layer transfer, the training loop."""
+
+import json
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from gpt1.checkpoint import save_model
+from gpt1.finetune import (
+    FinetuneConfig, InputTransform, TaskModel, build_task_model, collate, finetune, finetune_lr, load_task_model,
+)
+from gpt1.model import GPT, GPTConfig
+from conftest import require_shared_data
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from gpt1.tokenizer import load_tokenizer
+
+    return load_tokenizer(require_shared_data("gpt1_vocab"))
+
+
+def small_config(**kw):
+    return GPTConfig(**{**dict(vocab_size=40478, n_positions=48, n_embd=32, n_layer=2, n_head=4), **kw})
+
+
+@pytest.fixture
+def pretrained(tmp_path):
+    torch.manual_seed(0)
+    return save_model(GPT(small_config()), tmp_path / "pretrained")
+
+
+def ex(a, b=None, choices=None, label=None):
+    return SimpleNamespace(text_a=a, text_b=b, choices=choices, label=label)
+
+
+def test_transformations_follow_the_paper(tokenizer):
+    s, d, e = tokenizer.start_id, tokenizer.delimiter_id, tokenizer.extract_id
+    assert (s, d, e) == (40478, 40479, 40480)
+    enc = tokenizer.encode
+    one = InputTransform(tokenizer, "classification", 64)("A fine film.")
+    assert one.sequences == [[s, *enc("A fine film."), e]] and not one.truncated
+    nli = InputTransform(tokenizer, "entailment", 64)("A man sleeps.", "Nobody sleeps.")
+    assert nli.sequences == [[s, *enc("A man sleeps."), d, *enc("Nobody sleeps."), e]]
+    sim = InputTransform(tokenizer, "similarity", 64)("One text.", "Another one.")
+    assert sim.sequences == [[s, *enc("One text."), d, *enc("Another one."), e],
+                             [s, *enc("Another one."), d, *enc("One text."), e]]
+    mc = InputTransform(tokenizer, "multiple-choice", 64)("The story.", "Why?", ["Yes.", "No."])
+    assert mc.sequences == [[s, *enc("The story."), *enc("Why?"), d, *enc(answer), e] for answer in ("Yes.", "No.")]
+
+
+def test_truncation_keeps_question_and_answer_and_cuts_the_context(tokenizer):
+    article = " ".join(["word"] * 100)
+    mc = InputTransform(tokenizer, "multiple-choice", 20)(article, "What is it?", ["A long answer here.", "B."])
+    assert mc.truncated
+    q = tokenizer.encode("What is it?")
+    for seq, answer in zip(mc.sequences, ["A long answer here.", "B."]):
+        a = tokenizer.encode(answer)
+        assert len(seq) == 20
+        assert seq[-1 - len(a) : -1] == a and seq[-2 - len(a) - len(q) : -2 - len(a)] == q  # both whole
+    pair = InputTransform(tokenizer, "entailment", 16)(" ".join(["cat"] * 30), "a dog .")
+    assert pair.truncated and len(pair.sequences[0]) == 16
+    assert pair.sequences[0][-5:-1] == [tokenizer.delimiter_id, *tokenizer.encode("a dog .")]  # short one whole
+    single = InputTransform(tokenizer, "classification", 8)(" ".join(["cat"] * 30))
+    assert single.truncated and len(single.sequences[0]) == 8 and single.sequences[0][-1] == tokenizer.extract_id
+
+
+def test_similarity_is_symmetric_and_multiple_choice_is_permutation_equivariant():
+    torch.manual_seed(0)
+    config = small_config(vocab_size=100)
+    sim = TaskModel(config, "similarity", 2).eval()
+    a, b = [1, 5, 6, 2, 7, 8, 9, 3], [1, 7, 8, 9, 2, 5, 6, 3]
+    ids, lengths, _ = collate([SimpleNamespace(sequences=[a, b], label=0)])
+    swapped, _, _ = collate([SimpleNamespace(sequences=[b, a], label=0)])
+    torch.testing.assert_close(sim(ids, lengths)[0], sim(swapped, lengths)[0])
+    mc = TaskModel(config, "multiple-choice", 1).eval()
+    seqs = [[1, 5, 2, 10, 3], [1, 5, 2, 11, 12, 3], [1, 5, 2, 13, 3]]
+    ids, lengths, _ = collate([SimpleNamespace(sequences=seqs, label=0)])
+    perm = [2, 0, 1]
+    ids_p, lengths_p, _ = collate([SimpleNamespace(sequences=[seqs[i] for i in perm], label=0)])
+    logits = mc(ids, lengths)[0]
+    assert logits.shape == (1, 3)
+    torch.testing.assert_close(mc(ids_p, lengths_p)[0], logits[:, perm])
+
+
+def test_padding_changes_neither_the_task_logits_nor_the_lm_loss():
+    torch.manual_seed(0)
+    model = TaskModel(small_config(vocab_size=100), "classification", 3).eval()
+    short, long = [1, 5, 6, 3], [1, 7, 8, 9, 10, 11, 3]
+    batch = [SimpleNamespace(sequences=[short], label=0), SimpleNamespace(sequences=[long], label=1)]
+    ids, lengths, _ = collate(batch)
+    logits, h = model(ids, lengths)
+    alone_ids, alone_len, _ = collate(batch[:1])
+    alone_logits, alone_h = model(alone_ids, alone_len)
+    torch.testing.assert_close(logits[:1], alone_logits)
+    long_ids, long_len, _ = collate(batch[1:])
+    per_token = (model.lm_loss(alone_ids, alone_len, alone_h) * 3 + model.lm_loss(long_ids, long_len, model(long_ids, long_len)[1]) * 6) / 9
+    torch.testing.assert_close(model.lm_loss(ids, lengths, h), per_token)
+
+
+def test_layer_transfer_takes_embeddings_and_the_first_k_blocks(tokenizer, pretrained):
+    from gpt1.checkpoint import load_model
+
+    base = load_model(pretrained).state_dict()
+    model = build_task_model(pretrained, tokenizer, "classification", 2, FinetuneConfig(transfer_layers=1))
+    got = model.transformer.state_dict()
+    assert got["tokens_embed.weight"].shape == (40481, 32)
+    torch.testing.assert_close(got["tokens_embed.weight"][:40478], base["tokens_embed.weight"])
+    assert abs(got["tokens_embed.weight"][40478:].std().item() - 0.02) < 0.01  # new rows ~ N(0, 0.02)
+    torch.testing.assert_close(got["h.0.attn.c_attn.weight"], base["h.0.attn.c_attn.weight"])
+    assert not torch.equal(got["h.1.attn.c_attn.weight"], base["h.1.attn.c_attn.weight"])
+    scratch = build_task_model(pretrained, tokenizer, "classification", 2, FinetuneConfig(from_scratch=True))
+    assert not torch.equal(scratch.transformer.state_dict()["h.0.attn.c_attn.weight"], base["h.0.attn.c_attn.weight"])
+
+
+def test_schedule_is_the_original_warmup_linear():
+    config = FinetuneConfig(lr=1.0, warmup_fraction=0.1)
+    assert finetune_lr(0, 100, config) == 0.0
+    assert finetune_lr(5, 100, config) == pytest.approx(0.5)
+    assert finetune_lr(10, 100, config) == pytest.approx(0.9)
+    assert finetune_lr(100, 100, config) == 0.0
+
+
+def test_finetuning_learns_a_separable_task_and_keeps_the_best_epoch(tokenizer, pretrained, tmp_path):
+    rng = random.Random(0)
+    words = ["cat", "dog", "bird", "house", "tree", "river", "stone", "cloud"]
+
+    def sample(label):
+        cue = ["awful", "superb"][label]
+        text = " ".join(rng.choice(words) for _ in range(4)) + f" {cue} " + " ".join(rng.choice(words) for _ in range(3))
+        return ex(text, label=label)
+
+    splits = {"train": [sample(i % 2) for i in range(96)], "dev": [sample(i % 2) for i in range(40)]}
+    task = SimpleNamespace(name="toy", kind="classification", label_names=["neg", "pos"], metrics=["accuracy"],
+                           splits=splits, notes=[])
+    # A randomly initialised "pre-trained" model's LM loss (~10.6) would swamp this tiny task: lambda = 0 here.
+    config = FinetuneConfig(lr=3e-3, batch_size=16, micro_batch=8, epochs=4, warmup_fraction=0.05, lm_coef=0.0)
+    results = finetune(task, tokenizer, require_shared_data("gpt1_vocab"), pretrained, tmp_path / "out", config,
+                       progress=False)
+    assert results["dev"]["accuracy"] >= 0.9
+    assert results["best_epoch"] == max(range(4), key=lambda i: results["history"][i]["dev"]["accuracy"]) + 1
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["best_epoch"] == results["best_epoch"] and saved["truncated"] == {"train": 0, "dev": 0}
+    model, info = load_task_model(tmp_path / "out")
+    assert info["label_names"] == ["neg", "pos"] and info["kind"] == "classification"
+    transform = InputTransform(tokenizer, "classification", info["max_len"])
+    ids, lengths, _ = collate([transform("cat dog superb tree"), transform("cat dog awful tree")])
+    assert model(ids, lengths)[0].argmax(-1).tolist() == [1, 0]
+
+
+def test_the_auxiliary_lm_loss_is_trained_when_lambda_is_positive(tokenizer, pretrained, tmp_path):
+    examples = [ex("the cat sat on the mat", label=i % 2) for i in range(32)]
+    task = SimpleNamespace(name="toy", kind="classification", label_names=["a", "b"], metrics=["accuracy"],
+                           splits={"train": examples}, notes=[])
+    for coef in (0.5, 0.0):
+        config = FinetuneConfig(lr=1e-2, batch_size=8, micro_batch=4, epochs=2, lm_coef=coef)
+        finetune(task, tokenizer, None, pretrained, tmp_path / str(coef), config, progress=False)
+        records = [json.loads(l) for l in (tmp_path / str(coef) / "metrics.jsonl").read_text().splitlines()]
+        lm = [r["lm_loss"] for r in records if "lm_loss" in r]
+        if coef:
+            assert lm[-1] < lm[0] - 1.0  # the repeated sentence becomes predictable
+        else:
+            assert set(lm) == {0.0}

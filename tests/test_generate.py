@@ -1,0 +1,56 @@
+"""Sampling: filters, seeds, greedy decoding through the KV cache, and going past the context."""
+
+import torch
+
+from gpt1.generate import filter_logits, generate
+from gpt1.model import GPT, GPTConfig
+
+
+def model(n_positions=32):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=50, n_positions=n_positions, n_embd=32, n_layer=2, n_head=4)).eval()
+
+
+def test_top_k_keeps_the_k_largest_logits():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0]])
+    kept = torch.isfinite(filter_logits(logits, top_k=2))
+    assert kept.tolist() == [[False, True, False, True, False]]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = torch.isfinite(filter_logits(probs.log(), top_p=0.7))
+    assert kept.tolist() == [[True, True, False, False]]  # 0.5 < 0.7, 0.5 + 0.3 reaches it
+    kept = torch.isfinite(filter_logits(probs.log(), top_p=0.5))
+    assert kept.tolist() == [[True, False, False, False]]
+
+
+def test_greedy_decoding_with_the_cache_equals_argmax_of_full_forward_passes():
+    m = model()
+    prompt = [3, 7, 11]
+    out = generate(m, prompt, 10, temperature=0)[0]
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(10):
+            ids.append(int(m(torch.tensor([ids]))[0, -1].argmax()))
+    assert out == ids[len(prompt):]
+
+
+def test_same_seed_same_sample_and_different_seed_different_sample():
+    m = model()
+    a = generate(m, [1, 2], 20, temperature=1.0, top_k=20, top_p=0.95, seed=7)
+    b = generate(m, [1, 2], 20, temperature=1.0, top_k=20, top_p=0.95, seed=7)
+    c = generate(m, [1, 2], 20, temperature=1.0, top_k=20, top_p=0.95, seed=8)
+    assert a == b and a != c
+
+
+def test_top_k_one_is_greedy():
+    m = model()
+    assert generate(m, [4, 5], 8, top_k=1, seed=1) == generate(m, [4, 5], 8, temperature=0)
+
+
+def test_generation_continues_past_the_context_length():
+    m = model(n_positions=16)
+    samples = generate(m, list(range(1, 15)), 40, seed=0, num_samples=3)
+    assert len(samples) == 3 and all(len(s) == 40 for s in samples)
+    assert all(0 <= t < 50 for s in samples for t in s)
