@@ -8,7 +8,7 @@ Hugging Face and the original OpenAI release. The `gpt1` command is a thin layer
 from .checkpoint import load_model, save_model
 from .convert import convert
 from .errors import UserError
-from .generate import generate
+from .generate import generate, generate_text
 from .model import GPT, GPTConfig, KVCache, preset_config
 
 __version__ = "0.1.0"
@@ -21,5 +21,5 @@ def load_tokenizer(directory):
     return _load(directory)
 
 
-__all__ = ["GPT", "GPTConfig", "KVCache", "UserError", "convert", "generate", "load_model", "load_tokenizer",
+__all__ = ["GPT", "GPTConfig", "KVCache", "UserError", "convert", "generate", "generate_text", "load_model", "load_tokenizer",
            "preset_config", "save_model"]

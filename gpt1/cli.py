@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -96,21 +97,20 @@ def _print_pretrain_summary(summary: dict) -> None:
 
 def cmd_generate(args) -> None:
     from .checkpoint import load_model, tokenizer_dir_of
-    from .generate import generate
+    from .generate import generate_text
     from .tokenizer import load_tokenizer
 
     model = load_model(args.model, device=args.device or "cpu")
     tokenizer_dir = args.tokenizer or tokenizer_dir_of(args.model)
     if tokenizer_dir is None:
         raise UserError(f"{args.model}: holds no tokenizer/ folder; pass --tokenizer DIR")
-    tokenizer = load_tokenizer(tokenizer_dir)
-    prompt = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.newline_id]
-    samples = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, seed=args.seed, num_samples=args.num_samples)
-    for i, ids in enumerate(samples):
+    samples = generate_text(model, load_tokenizer(tokenizer_dir), args.prompt, args.max_new_tokens,
+                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                            num_samples=args.num_samples)
+    for i, text in enumerate(samples):
         if args.num_samples > 1:
             print(f"--- sample {i + 1}")
-        print(tokenizer.decode(prompt + ids if args.prompt else ids))
+        print(text)
 
 
 def cmd_convert(args) -> None:
@@ -118,6 +118,136 @@ def cmd_convert(args) -> None:
 
     convert(Path(args.src), Path(args.dst), args.src_format, args.dst_format)
     print(f"wrote {args.dst_format} weights to {args.dst}")
+
+
+def _columns(args):
+    from .datasets import UserColumns
+
+    given = {name: getattr(args, name) for name in ("text", "text_b", "label", "context", "question", "uid")
+             if getattr(args, name) is not None}
+    for name in ("text_b", "question"):
+        if given.get(name) == "":
+            given[name] = None  # "--text-b ''": the data has no second text / no question
+    if args.choices:
+        given["choices"] = args.choices[0] if len(args.choices) == 1 else tuple(args.choices)
+    return UserColumns(**given)
+
+
+def _load_task(args):
+    from .datasets import load_benchmark, load_user_task
+
+    if args.benchmark:
+        if not args.data:
+            raise UserError(f"--benchmark {args.benchmark} needs --data (the folder as its distributors ship it)")
+        return load_benchmark(args.benchmark, args.data)
+    if not (args.task and args.train):
+        raise UserError("give either --benchmark NAME --data PATH, or --task KIND --train FILE [--dev FILE]")
+    return load_user_task(args.name or Path(args.train).stem, args.task, train=args.train, dev=args.dev,
+                          test=args.test, columns=_columns(args))
+
+
+def cmd_finetune(args) -> None:
+    from .checkpoint import resolve_model_dir, tokenizer_dir_of
+    from .finetune import FinetuneConfig, evaluate_other_splits, finetune
+    from .model import preset_config
+    from .tokenizer import load_tokenizer
+
+    config = FinetuneConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)
+                               if getattr(args, f.name, None) is not None})
+    pretrained = resolve_model_dir(args.model) if args.model else None
+    tokenizer_dir = args.tokenizer or (tokenizer_dir_of(args.model) if args.model else None)
+    if tokenizer_dir is None:
+        raise UserError("no tokenizer: pass --tokenizer DIR (the model folder holds no tokenizer/)")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    base = None
+    if pretrained is None:
+        if not config.from_scratch:
+            raise UserError("--model is required unless --from-scratch (then --preset picks the size)")
+        base = preset_config(args.preset or "gpt1", vocab_size=tokenizer.vocab_size)
+    task = _load_task(args)
+    for note in task.notes:
+        print(f"note: {note}", file=sys.stderr)
+    results = finetune(task, tokenizer, tokenizer_dir, pretrained, Path(args.out), config, base_config=base,
+                       device=args.device)
+    results["other_splits"] = evaluate_other_splits(task, tokenizer, Path(args.out))
+    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in (results["dev"] or {}).items())
+    print(f"{task.name}: best epoch {results['best_epoch']}" + (f", dev {shown}" if shown else "")
+          + f"; model in {Path(args.out) / 'model'}")
+
+
+def _task_model_and_tokenizer(model_dir):
+    from .checkpoint import tokenizer_dir_of
+    from .finetune import load_task_model
+    from .tokenizer import load_tokenizer
+
+    model, info = load_task_model(Path(model_dir))
+    folder = Path(model_dir) / "model" if (Path(model_dir) / "model").is_dir() else Path(model_dir)
+    tokenizer_dir = tokenizer_dir_of(folder)
+    if tokenizer_dir is None:
+        raise UserError(f"{model_dir}: holds no tokenizer/ folder")
+    return model, info, load_tokenizer(tokenizer_dir)
+
+
+def cmd_evaluate(args) -> None:
+    from .datasets import load_benchmark, load_user_data
+    from .finetune import score_split
+
+    model, info, tokenizer = _task_model_and_tokenizer(args.model)
+    if args.benchmark:
+        task = load_benchmark(args.benchmark, args.data)
+        if args.split not in task.splits:
+            raise UserError(f"{args.data}: no {args.split!r} split (found {', '.join(task.splits)})")
+        examples, metrics = task.splits[args.split], task.metrics
+    else:
+        data = load_user_data(args.data, info["kind"], _columns(args), label_names=info["label_names"])
+        examples, metrics = data.examples, info["metrics"]
+    scores, _, cut = score_split(model, info, tokenizer, examples, metrics)
+    report = {"data": str(args.data), "examples": len(examples), "truncated": cut, **scores}
+    print(json.dumps(report, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def cmd_predict(args) -> None:
+    import csv
+    import tempfile
+
+    from .datasets import load_user_data
+    from .finetune import encode_examples, InputTransform, predict_logits
+
+    model, info, tokenizer = _task_model_and_tokenizer(args.model)
+    source = args.file
+    if source is None:  # stdin: JSON lines
+        with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as f:
+            f.write(sys.stdin.buffer.read())
+            source = f.name
+    data = load_user_data(source, info["kind"], _columns(args), label_names=info["label_names"], require_label=False)
+    encoded, cut = encode_examples(data.examples, InputTransform(tokenizer, info["kind"], info["max_len"]))
+    logits = predict_logits(model, encoded)
+    rows = []
+    for example, row in zip(data.examples, logits):
+        if info["kind"] == "regression":
+            rows.append({"uid": example.uid, "prediction": float(row[0])})
+            continue
+        probs = row.softmax(-1).tolist()
+        names = info["label_names"] or [str(i) for i in range(len(probs))]
+        best = max(range(len(probs)), key=probs.__getitem__)
+        rows.append({"uid": example.uid, "prediction": names[best] if info["kind"] != "multiple-choice" else best,
+                     **{f"p_{names[i] if info['kind'] != 'multiple-choice' else i}": p for i, p in enumerate(probs)}})
+    out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout
+    try:
+        if args.out and args.out.endswith(".csv"):
+            writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["uid", "prediction"])
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            out.writelines(json.dumps(r) + "\n" for r in rows)
+    finally:
+        if args.out:
+            out.close()
+    if cut:
+        print(f"{cut} of {len(rows)} inputs were truncated to {info['max_len']} tokens", file=sys.stderr)
 
 
 def cmd_demo(args) -> None:
@@ -130,6 +260,27 @@ def _scalar_fields():
     from .pretrain import PretrainConfig
 
     return [f for f in dataclasses.fields(PretrainConfig) if f.type in ("int", "float", "str")]
+
+
+def _add_task_arguments(p, with_task: bool) -> None:
+    g = p.add_argument_group("data", "a benchmark (--benchmark NAME --data PATH) or your own CSV/TSV/JSONL files")
+    if with_task:
+        from .datasets import BENCHMARKS, TASK_KINDS
+
+        g.add_argument("--benchmark", choices=sorted(BENCHMARKS), help="one of the paper's benchmarks")
+        g.add_argument("--data", type=Path, help="the benchmark's folder (or file) as distributed")
+        g.add_argument("--task", choices=TASK_KINDS, help="your own data: the kind of task")
+        g.add_argument("--train", type=Path, help="your own data: the training file")
+        g.add_argument("--dev", type=Path, help="your own data: the file to pick the best epoch on")
+        g.add_argument("--test", type=Path, help="your own data: scored (if labelled) after training")
+        g.add_argument("--name", help="task name in reports (default: the train file's name)")
+    g.add_argument("--text", help="column of the text / premise / first sentence (default 'text')")
+    g.add_argument("--text-b", dest="text_b", help="column of the hypothesis / second sentence (default 'text_b'; '' for none)")
+    g.add_argument("--label", help="column of the label (default 'label')")
+    g.add_argument("--context", help="multiple choice: column of the context (default 'context')")
+    g.add_argument("--question", help="multiple choice: column of the question (default 'question'; '' for none)")
+    g.add_argument("--choices", nargs="+", help="multiple choice: one column holding a list, or several columns")
+    g.add_argument("--uid", help="column of an id to carry into predictions (default: row numbers)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +350,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="source folder")
     p.add_argument("dst", help="destination folder (written atomically)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("finetune", help="fine-tune on a benchmark of the paper or on your own labelled data")
+    p.add_argument("--model", type=Path, help="pre-trained model, checkpoint or run folder")
+    p.add_argument("--out", required=True, type=Path, help="folder for the fine-tuned model, results.json, metrics")
+    p.add_argument("--tokenizer", type=Path, help="default: the model folder's tokenizer/")
+    p.add_argument("--preset", help="model size with --from-scratch and no --model (default gpt1)")
+    p.add_argument("--device", default=None)
+    _add_task_arguments(p, with_task=True)
+    from .finetune import FinetuneConfig
+
+    for f in dataclasses.fields(FinetuneConfig):
+        flag = f"--{f.name.replace('_', '-')}"
+        if f.type == "bool":
+            p.add_argument(flag, dest=f.name, action="store_true", default=None)
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type]
+            p.add_argument(flag, dest=f.name, type=kind, default=None, help=f"default {f.default}")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="score a fine-tuned model on a labelled file or a benchmark split")
+    p.add_argument("--model", required=True, type=Path, help="folder written by `gpt1 finetune`")
+    p.add_argument("--data", required=True, type=Path, help="labelled CSV/TSV/JSONL, or a benchmark folder")
+    p.add_argument("--benchmark", help="read --data as this benchmark")
+    p.add_argument("--split", default="dev", help="benchmark split (default dev)")
+    p.add_argument("--out", help="also write the scores to this JSON file")
+    _add_task_arguments(p, with_task=False)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="label new inputs; writes JSONL (default) or CSV with probabilities")
+    p.add_argument("--model", required=True, type=Path, help="folder written by `gpt1 finetune`")
+    p.add_argument("file", nargs="?", help="CSV/TSV/JSONL with the model's input columns (default: JSONL on stdin)")
+    p.add_argument("--out", help="output file, .csv or .jsonl (default: JSONL on stdout)")
+    _add_task_arguments(p, with_task=False)
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="the main job: pre-train a small model on the built-in BBC News corpus")
     p.add_argument("--out", default="runs/demo", help="working folder (default runs/demo)")

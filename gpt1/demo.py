@@ -31,7 +31,7 @@ def bbc_news_dir() -> Path:
 
 def run_demo(out: Path) -> dict:
     from .checkpoint import load_model
-    from .generate import generate
+    from .generate import generate_text
     from .pretrain import PretrainConfig, pretrain
     from .tokenizer import load_tokenizer, train_tokenizer
 
@@ -62,11 +62,8 @@ def run_demo(out: Path) -> dict:
         print(f"   {record['update']:6d}  {record['val_ppl']:14.2f}")
 
     print(f"4/4 a sample continuing {PROMPT!r}:")
-    model = load_model(run_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    prompt = tokenizer.encode(PROMPT)
-    ids = generate(model, prompt, 60, temperature=0.8, top_k=40, seed=0)[0]
-    sample = tokenizer.decode(prompt + ids)
+    sample = generate_text(load_model(run_dir), load_tokenizer(tokenizer_dir), PROMPT, 60, temperature=0.8, top_k=40,
+                           seed=0)[0]
     print(f"   {sample}")
     result = {"val": val, "tokens": summary["tokens"], "tokens_per_s": summary["tokens_per_s"], "sample": sample}
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -415,3 +415,40 @@ def load_task_model(directory: Path, device: str = "cpu") -> tuple[TaskModel, di
     model = TaskModel(load_config(directory), info["kind"], info["n_outputs"])
     load_weights_into(model, read_safetensors(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
     return model.to(device).eval(), info
+
+
+def score_split(model: TaskModel, info: dict, tokenizer, examples, metrics: list[str]) -> tuple[dict, list, int]:
+    """Metrics (when every example is labelled), predictions and the truncation count of one split."""
+    from .metrics import compute_metrics
+
+    encoded, cut = encode_examples(examples, InputTransform(tokenizer, info["kind"], info["max_len"]))
+    logits = predict_logits(model, encoded)
+    predictions = logits_to_predictions(logits, info["kind"])
+    labels = [ex.label for ex in examples]
+    scores = compute_metrics(metrics, predictions, labels) if all(l is not None for l in labels) else {}
+    return scores, predictions, cut
+
+
+def evaluate_other_splits(task, tokenizer, out_dir: Path) -> dict:
+    """After training: score every labelled split besides train/dev (MNLI mismatched, RACE middle/high, test
+    sets with labels) and write GLUE submission files for unlabelled GLUE test sets."""
+    from .datasets import glue_submission_filename, write_glue_submission
+
+    model, info = load_task_model(out_dir)
+    results = {}
+    for split, examples in task.splits.items():
+        if split in ("train", "dev") or not examples:
+            continue
+        scores, predictions, cut = score_split(model, info, tokenizer, examples, task.metrics)
+        if scores:
+            results[split] = {**scores, "examples": len(examples), "truncated": cut}
+            tqdm.write(f"{task.name} {split}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        else:
+            try:
+                glue_submission_filename(task.name, split)
+            except (KeyError, UserError):
+                continue  # not a GLUE task: nothing to submit
+            path = write_glue_submission(task.name, [ex.uid for ex in examples], predictions, out_dir / "submission", split)
+            results[split] = {"submission": str(path), "examples": len(examples), "truncated": cut}
+            tqdm.write(f"{task.name} {split}: predictions written to {path}")
+    return results

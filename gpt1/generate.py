@@ -64,3 +64,11 @@ def generate(
         else:
             logits = model(next_id, cache)[:, -1]
     return torch.cat(out, dim=1).tolist() if out else [[] for _ in range(num_samples)]
+
+
+def generate_text(model: GPT, tokenizer, prompt: str = "", max_new_tokens: int = 100, **sampling) -> list[str]:
+    """Decoded samples continuing `prompt` (which they include); an empty prompt starts a new paragraph.
+    `sampling`: temperature, top_k, top_p, seed, num_samples as for `generate`."""
+    prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.newline_id]
+    samples = generate(model, prompt_ids, max_new_tokens, **sampling)
+    return [tokenizer.decode((prompt_ids if prompt else []) + ids) for ids in samples]

@@ -163,3 +163,48 @@ def test_the_auxiliary_lm_loss_is_trained_when_lambda_is_positive(tokenizer, pre
             assert lm[-1] < lm[0] - 1.0  # the repeated sentence becomes predictable
         else:
             assert set(lm) == {0.0}
+
+
+def test_finetune_evaluate_predict_on_user_csv_from_the_command_line(tokenizer, pretrained, tmp_path, capsys):
+    import csv
+
+    from gpt1.checkpoint import copy_tokenizer
+    from gpt1.cli import main
+
+    copy_tokenizer(require_shared_data("gpt1_vocab"), pretrained / "tokenizer")
+    rng = random.Random(1)
+    for name, n in (("train", 96), ("dev", 24)):
+        with open(tmp_path / f"{name}.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["review", "sentiment"])
+            for i in range(n):
+                label = ["bad", "good"][i % 2]
+                writer.writerow([f"{rng.choice(['the', 'a'])} film was {['awful', 'superb'][i % 2]} indeed", label])
+    code = main(["finetune", "--model", str(pretrained), "--out", str(tmp_path / "ft"), "--task", "classification",
+                 "--train", str(tmp_path / "train.csv"), "--dev", str(tmp_path / "dev.csv"), "--text", "review",
+                 "--label", "sentiment", "--lr", "3e-3", "--batch-size", "16", "--epochs", "5", "--lm-coef", "0"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "best epoch" in out
+    results = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert results["dev"]["accuracy"] >= 0.9
+
+    code = main(["evaluate", "--model", str(tmp_path / "ft"), "--data", str(tmp_path / "dev.csv"), "--text", "review",
+                 "--label", "sentiment"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["accuracy"] == results["dev"]["accuracy"]
+
+    (tmp_path / "new.jsonl").write_text('{"review": "the film was superb indeed"}\n{"review": "a film was awful indeed"}\n')
+    code = main(["predict", "--model", str(tmp_path / "ft"), str(tmp_path / "new.jsonl"), "--text", "review",
+                 "--out", str(tmp_path / "pred.csv")])
+    assert code == 0, capsys.readouterr().err
+    rows = list(csv.DictReader(open(tmp_path / "pred.csv", encoding="utf-8")))
+    assert [r["prediction"] for r in rows] == ["good", "bad"]
+    assert abs(float(rows[0]["p_bad"]) + float(rows[0]["p_good"]) - 1) < 1e-6
+
+    (tmp_path / "bad_dev.csv").write_text("review,sentiment\nfine film,neutral\n", encoding="utf-8")
+    code = main(["evaluate", "--model", str(tmp_path / "ft"), "--data", str(tmp_path / "bad_dev.csv"), "--text",
+                 "review", "--label", "sentiment"])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad_dev.csv:2" in err and "neutral" in err
