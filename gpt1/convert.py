@@ -24,6 +24,7 @@ from .checkpoint import (
     write_model_files,
 )
 from .errors import UserError
+from .finetune import load_task_model, task_model_dir
 from .model import GPT, GPTConfig
 
 # Per-block tensors in the order of the original release; the Linear ones are transposed.
@@ -131,18 +132,52 @@ def from_hf(src: Path) -> GPT:
     return model
 
 
-def write_hf(model: GPT, dst: Path, tokenizer_dir: Path | None) -> None:
+def write_hf(model: GPT, dst: Path, tokenizer_dir: Path | None, head: tuple[dict, dict] | None = None) -> None:
+    """An OpenAIGPTLMHeadModel folder, or with `head` = (config fields, tensors) one of the task-head models."""
+    config = config_to_hf(model.config)
+    state = hf_state_from_gpt1(model)
+    if head is not None:
+        config.update(head[0])
+        state.update(head[1])
     with AtomicDirectory(dst) as tmp:
         with open(tmp / "config.json", "w", encoding="utf-8") as f:
-            json.dump(config_to_hf(model.config), f, indent=2)
+            json.dump(config, f, indent=2)
             f.write("\n")
-        save_file(hf_state_from_gpt1(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer_dir is not None:
             encoders = sorted(Path(tokenizer_dir).glob("encoder_bpe_*.json"))
             merges = sorted(Path(tokenizer_dir).glob("vocab_*.bpe"))
             if encoders and merges:
                 shutil.copyfile(encoders[0], tmp / "vocab.json")
                 shutil.copyfile(merges[0], tmp / "merges.txt")
+
+
+def hf_task_head(head_weight: torch.Tensor, info: dict, path: Path) -> tuple[dict, dict]:
+    """Config fields and tensors of the Hugging Face model that holds a fine-tuned head exactly.
+
+    classification, entailment: OpenAIGPTForSequenceClassification (score [n_labels, C], no bias; it reads
+    the last non-padding token, so inputs are padded with id 0 after the extract token, as gpt1 pads).
+    multiple-choice: OpenAIGPTDoubleHeadsModel (summary [1, C] with a zero bias, read at mc_token_ids =
+    the extract positions). Similarity and regression add the states of both input orders, which no
+    Hugging Face head does: those are refused."""
+    kind = info["kind"]
+    head_weight = head_weight.detach().cpu().contiguous()
+    if kind in ("classification", "entailment"):
+        names = info["label_names"]
+        return (
+            {"architectures": ["OpenAIGPTForSequenceClassification"], "num_labels": len(names), "pad_token_id": 0,
+             "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}},
+            {"score.weight": head_weight},
+        )
+    if kind == "multiple-choice":
+        return (
+            {"architectures": ["OpenAIGPTDoubleHeadsModel"], "num_labels": 1, "summary_type": "cls_index",
+             "summary_use_proj": True, "summary_proj_to_labels": True, "summary_activation": None,
+             "summary_first_dropout": 0.1},
+            {"multiple_choice_head.summary.weight": head_weight, "multiple_choice_head.summary.bias": torch.zeros(1)},
+        )
+    raise UserError(f"{path}: a {kind} model adds the states of both input orders; no Hugging Face head can hold "
+                    "that (export the decoder alone with a plain gpt1 model folder)")
 
 
 def hf_tokenizer_as_gpt1(src: Path, staging: Path) -> Path | None:
@@ -227,6 +262,13 @@ def convert(src: Path, dst: Path, src_format: str, dst_format: str) -> Path:
         model = from_openai(src)
         if list(src.glob("encoder_bpe_*.json")) and list(src.glob("vocab_*.bpe")):
             tokenizer_dir = src
+    elif src_format == "gpt1" and task_model_dir(src) is not None:  # a fine-tuned model: decoder + head
+        task_model, info = load_task_model(src)
+        if dst_format != "hf":
+            raise UserError(f"{src}: a fine-tuned model converts to --to hf only (it is a gpt1 folder already)")
+        write_hf(task_model.transformer, dst, tokenizer_dir_of(task_model_dir(src)),
+                 head=hf_task_head(task_model.head.weight, info, src))
+        return dst
     elif src_format == "gpt1":
         model = load_model(src)
         tokenizer_dir = tokenizer_dir_of(src)

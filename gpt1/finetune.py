@@ -128,7 +128,11 @@ def collate(batch: list[Encoded], pad_id: int = 0) -> tuple[torch.Tensor, torch.
 
 
 class TaskModel(nn.Module):
-    """The pre-trained decoder plus one linear layer on the extract token's state (dropout 0.1 before it)."""
+    """The pre-trained decoder plus one linear layer on the extract token's state (dropout 0.1 before it).
+
+    The layer is the paper's softmax(h W_y), without a bias: a bias would be a constant under the softmax over
+    answers, and for classes the final LayerNorm's learned shift already provides one. This is also exactly
+    what Hugging Face's OpenAIGPTForSequenceClassification (score, no bias) can hold."""
 
     def __init__(self, config: GPTConfig, kind: str, n_outputs: int, clf_pdrop: float = 0.1):
         super().__init__()
@@ -137,9 +141,8 @@ class TaskModel(nn.Module):
         self.kind = kind
         self.transformer = GPT(config)
         self.clf_dropout = nn.Dropout(clf_pdrop)
-        self.head = nn.Linear(config.n_embd, 1 if kind == "multiple-choice" else n_outputs)
+        self.head = nn.Linear(config.n_embd, 1 if kind == "multiple-choice" else n_outputs, bias=False)
         nn.init.normal_(self.head.weight, std=config.init_std)
-        nn.init.zeros_(self.head.bias)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (B, K, T), lengths (B, K) -> task logits (B, n_outputs) [(B, K) for multiple choice] and the
@@ -407,10 +410,19 @@ def save_task_model(model: TaskModel, info: dict, tokenizer_dir: Path | None, di
             copy_tokenizer(tokenizer_dir, tmp / TOKENIZER_DIR)
 
 
+def task_model_dir(directory: Path) -> Path | None:
+    """The folder holding a fine-tuned model: `directory` itself or the `model/` that `finetune` wrote."""
+    for candidate in (Path(directory), Path(directory) / "model"):
+        if (candidate / TASK_FILE).is_file():
+            return candidate
+    return None
+
+
 def load_task_model(directory: Path, device: str = "cpu") -> tuple[TaskModel, dict]:
-    directory = Path(directory)
-    if (directory / "model" / TASK_FILE).exists():  # the folder `finetune` wrote
-        directory = directory / "model"
+    found = task_model_dir(directory)
+    if found is None:
+        raise UserError(f"{directory}: not a fine-tuned model (no {TASK_FILE}; run `gpt1 finetune`)")
+    directory = found
     info = read_json(directory / TASK_FILE)
     model = TaskModel(load_config(directory), info["kind"], info["n_outputs"])
     load_weights_into(model, read_safetensors(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)

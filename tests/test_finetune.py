@@ -208,3 +208,43 @@ def test_finetune_evaluate_predict_on_user_csv_from_the_command_line(tokenizer, 
                  "review", "--label", "sentiment"])
     err = capsys.readouterr().err
     assert code == 2 and "bad_dev.csv:2" in err and "neutral" in err
+
+
+@pytest.mark.parametrize("kind", ["classification", "multiple-choice"])
+def test_fine_tuned_heads_export_to_hugging_face_with_equal_logits(kind, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from gpt1.convert import convert
+    from gpt1.finetune import save_task_model
+
+    torch.manual_seed(0)
+    config = small_config(vocab_size=103)  # 100 BPE ids + start, delimiter, extract
+    model = TaskModel(config, kind, 3).eval()
+    info = {"kind": kind, "label_names": ["a", "b", "c"] if kind == "classification" else None, "n_outputs": 3,
+            "metrics": ["accuracy"], "max_len": 48}
+    save_task_model(model, info, None, tmp_path / "ft")
+    convert(tmp_path / "ft", tmp_path / "hf", "gpt1", "hf")
+    rng = random.Random(0)
+    seqs = [[100, *[rng.randrange(1, 100) for _ in range(n)], 101, rng.randrange(1, 100), 102] for n in (3, 9, 6)]
+    if kind == "classification":
+        hf = transformers.OpenAIGPTForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+        ids, lengths, _ = collate([SimpleNamespace(sequences=[s], label=0) for s in seqs])
+        expected = hf(ids[:, 0]).logits
+        assert hf.config.id2label == {0: "a", 1: "b", 2: "c"}
+    else:
+        hf = transformers.OpenAIGPTDoubleHeadsModel.from_pretrained(tmp_path / "hf").eval()
+        ids, lengths, _ = collate([SimpleNamespace(sequences=seqs, label=0)])
+        expected = hf(ids, mc_token_ids=lengths - 1).mc_logits
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, lengths)[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_similarity_models_are_not_exported_because_no_hf_head_adds_two_orders(tmp_path):
+    from gpt1.convert import convert
+    from gpt1.errors import UserError
+    from gpt1.finetune import save_task_model
+
+    info = {"kind": "similarity", "label_names": ["0", "1"], "n_outputs": 2, "metrics": ["f1"], "max_len": 48}
+    save_task_model(TaskModel(small_config(vocab_size=103), "similarity", 2), info, None, tmp_path / "ft")
+    with pytest.raises(UserError, match="both input orders"):
+        convert(tmp_path / "ft", tmp_path / "hf", "gpt1", "hf")
+    assert not (tmp_path / "hf").exists()
