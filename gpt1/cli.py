@@ -249,6 +249,28 @@ def cmd_predict(args) -> None:
         print(f"{cut} of {len(rows)} inputs were truncated to {info['max_len']} tokens", file=sys.stderr)
 
 
+def cmd_glue_score(args) -> None:
+    from .checkpoint import read_json
+    from .metrics import GLUE_TASKS, glue_score
+
+    results = {}
+    for run in args.runs:
+        r = read_json(Path(run) / "results.json")
+        if r["task"] not in GLUE_TASKS or not r.get("dev"):
+            raise UserError(f"{run}: {r['task']!r} has no dev scores of a GLUE task")
+        results["mnli-m" if r["task"] == "mnli" else r["task"]] = r["dev"]
+        mismatched = r.get("other_splits", {}).get("dev_mismatched")
+        if r["task"] == "mnli" and mismatched:
+            results["mnli-mm"] = {k: v for k, v in mismatched.items() if k not in ("examples", "truncated")}
+    score = glue_score(results)
+    for task, scores in results.items():
+        print(f"{task:8s} " + ", ".join(f"{k} {100 * v:.1f}" for k, v in scores.items()))
+    missing = [t for t in GLUE_TASKS if t not in results and not (t == "mnli" and "mnli-m" in results)]
+    print(f"GLUE score {100 * score:.1f} over {len(results)} result(s)" + (f"; missing: {', '.join(missing)}" if missing else ""))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"glue_score": score, "tasks": results, "missing": missing}, indent=2) + "\n")
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -383,6 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file, .csv or .jsonl (default: JSONL on stdout)")
     _add_task_arguments(p, with_task=False)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("glue-score", help="the GLUE score (mean over tasks of each task's mean metric) of finetune runs")
+    p.add_argument("runs", nargs="+", type=Path, help="folders written by `gpt1 finetune` on GLUE benchmarks")
+    p.add_argument("--out", help="also write the table as JSON")
+    p.set_defaults(func=cmd_glue_score)
 
     p = sub.add_parser("demo", help="the main job: pre-train a small model on the built-in BBC News corpus")
     p.add_argument("--out", default="runs/demo", help="working folder (default runs/demo)")

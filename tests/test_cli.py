@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from gpt1.checkpoint import save_model
 from gpt1.cli import build_parser, main
@@ -170,3 +169,16 @@ def test_pretrain_then_generate_from_the_command_line(vocab, tmp_path, capsys):
                          "--max-new-tokens", "5")
     assert code == 0, err
     assert out.startswith("the cat")
+
+
+def test_glue_score_averages_the_dev_results_of_finetune_runs(tmp_path, capsys):
+    runs = {"cola": {"mcc": 0.40}, "mrpc": {"f1": 0.80, "accuracy": 0.70}, "mnli": {"accuracy": 0.60}}
+    for task, dev in runs.items():
+        (tmp_path / task).mkdir()
+        other = {"dev_mismatched": {"accuracy": 0.70, "examples": 9, "truncated": 0}} if task == "mnli" else {}
+        (tmp_path / task / "results.json").write_text(json.dumps({"task": task, "dev": dev, "other_splits": other}))
+    code, out, err = run(capsys, "glue-score", *(tmp_path / t for t in runs), "--out", tmp_path / "glue.json")
+    assert code == 0, err
+    expected = (0.40 + 0.75 + 0.65) / 3  # MRPC: mean of F1 and accuracy; MNLI: mean of matched and mismatched
+    assert json.loads((tmp_path / "glue.json").read_text())["glue_score"] == pytest.approx(expected)
+    assert f"GLUE score {100 * expected:.1f}" in out

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt1 import checkpoint as ckpt
 from gpt1.checkpoint import load_model
 from gpt1.errors import UserError
 from gpt1.model import GPT, GPTConfig
