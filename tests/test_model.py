@@ -192,3 +192,19 @@ def test_original_release_layout_loads_every_array_where_the_spec_says(tmp_path)
             if expected.dim() == 3:
                 expected = expected[0].t()
             torch.testing.assert_close(state[f"h.{layer}.{name}"], expected, rtol=0, atol=0)
+
+
+def test_gradients_equal_hugging_face_on_the_same_weights(tmp_path):
+    hf = tiny_hf_model(seed=2)
+    hf.save_pretrained(tmp_path / "hf")
+    convert(tmp_path / "hf", tmp_path / "gpt1", "hf", "gpt1")
+    model = load_model(tmp_path / "gpt1")
+    ids = torch.randint(0, 97, (3, 24), generator=torch.Generator().manual_seed(4))
+    hf(ids, labels=ids).loss.backward()  # eval mode on both: no dropout
+    model.lm_loss(ids[:, :-1], ids[:, 1:]).backward()
+    hf_grads = {k.removeprefix("transformer."): p.grad for k, p in hf.named_parameters()}
+    for name, p in model.named_parameters():
+        expected = hf_grads[name]
+        if p.dim() == 2 and name.startswith("h."):
+            expected = expected.t()  # Conv1D [in, out] vs Linear [out, in]
+        torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6, msg=name)

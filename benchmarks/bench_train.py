@@ -1,0 +1,201 @@
+"""Training-step, inference and generation speed of gpt1 against Hugging Face's OpenAIGPTLMHeadModel.
+
+Both models get the same weights, shapes, threads, dtype and dropout (the paper's 0.1 in training). The
+peer uses torch's AdamW at its fastest stock setting (fused where the device has it). Each measurement
+runs in a fresh subprocess so that its peak memory (max RSS on CPU, max allocated on GPU) is its own.
+Prints tokens/s, peak memory and the ratio gpt1/peer; on CPU also the achieved FLOP/s against a large
+torch.matmul of the same dtype measured in the same run, on GPU the MFU against --peak-tflops.
+
+    python benchmarks/bench_train.py                       # GPT-1 preset, 1x512 and 8x128, fp32 and bf16
+    python benchmarks/bench_train.py --preset small --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SHAPES = [(1, 512), (8, 128)]
+
+
+def matmul_flops(dtype: torch.dtype, device: str, n: int = 2048, repeats: int = 10) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - t0)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def build(impl: str, preset: str, device: str):
+    from gpt1.model import GPT, preset_config
+
+    config = preset_config(preset)
+    torch.manual_seed(0)
+    ours = GPT(config)
+    if impl == "gpt1":
+        return ours.to(device), config
+    import transformers
+
+    from gpt1.convert import config_to_hf, hf_state_from_gpt1
+
+    hf = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**config_to_hf(config)))
+    hf.load_state_dict(hf_state_from_gpt1(ours), strict=False)  # lm_head is tied to the embedding
+    return hf.to(device), config
+
+
+def _hf_loss(model, ids: torch.Tensor) -> torch.Tensor:
+    logits = model(ids[:, :-1]).logits  # (B, T, V)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), ids[:, 1:].reshape(-1))
+
+
+def measure(args) -> dict:
+    """One measurement in this process: returns tokens/s, median step time, peak memory."""
+    torch.set_num_threads(args.threads)
+    device = args.device
+    model, config = build(args.impl, args.preset, device)
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, config.vocab_size, (args.batch, args.context + 1), generator=gen).to(device)
+    fused = device.startswith("cuda") or hasattr(torch._C, "_fused_adamw_")  # fused CPU AdamW exists in torch >= 2.4
+    if args.mode == "train":
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=fused)
+
+        def step():
+            with autocast:
+                loss = _loss(args.impl, model, ids)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    else:
+        model.eval()
+
+        @torch.no_grad()
+        def step():
+            with autocast:
+                out = model(ids[:, :-1])
+                (out if args.impl == "gpt1" else out.logits).sum().item()
+    for _ in range(args.warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    tokens = args.batch * args.context
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    return {"tokens_per_s": tokens / median, "step_s": median, "peak_mib": peak}
+
+
+def _loss(impl, model, ids):
+    if impl == "gpt1":
+        return model.lm_loss(ids[:, :-1], ids[:, 1:])
+    return _hf_loss(model, ids)
+
+
+def run_child(args, impl: str, mode: str, dtype: str, batch: int, context: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--impl", impl, "--mode", mode, "--dtype", dtype, "--batch",
+           str(batch), "--context", str(context), "--preset", args.preset, "--steps", str(args.steps), "--warmup",
+           str(args.warmup), "--threads", str(args.threads), "--device", args.device]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{impl} {mode} {dtype} {batch}x{context} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="gpt1")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--modes", nargs="+", default=["train", "infer"])
+    parser.add_argument("--peak-tflops", type=float, default=0.0, help="GPU: the card's dense bf16 peak, for MFU")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--context", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args)))
+        return
+
+    import transformers
+
+    from gpt1.model import flops_per_token, preset_config
+
+    torch.set_num_threads(args.threads)
+    config = preset_config(args.preset)
+    peaks = {}
+    for d in args.dtypes:
+        dtype = torch.bfloat16 if d == "bf16" else torch.float32
+        probe = matmul_flops(dtype, args.device, n=256, repeats=2)  # some CPUs (AVX2 only) lack bf16 kernels
+        if probe < 5e9 and d == "bf16":
+            print(f"skipping bf16: a 256x256 bf16 matmul runs at {probe / 1e9:.2f} GFLOP/s on this machine "
+                  "(no native bf16 matrix instructions)")
+            continue
+        peaks[d] = matmul_flops(dtype, args.device)
+    rows = []
+    print(f"device {args.device}, {args.threads} threads, torch {torch.__version__}, transformers "
+          f"{transformers.__version__}, preset {args.preset}")
+    print("matmul peak: " + ", ".join(f"{d} {v / 1e9:.0f} GFLOP/s" for d, v in peaks.items()))
+    header = f"{'mode':6s} {'dtype':5s} {'shape':7s} {'gpt1 tok/s':>11s} {'HF tok/s':>9s} {'ratio':>6s} " \
+             f"{'gpt1 MiB':>9s} {'HF MiB':>8s} {'mem':>5s} {'FLOP/s vs matmul':>17s}"
+    print(header)
+    for mode in args.modes:
+        for dtype in peaks:
+            for batch, context in dict.fromkeys((b, min(c, config.n_positions)) for b, c in SHAPES):
+                ours = run_child(args, "gpt1", mode, dtype, batch, context)
+                peer = run_child(args, "hf", mode, dtype, batch, context)
+                flops = flops_per_token(config, context) * (1 if mode == "train" else 1 / 3)
+                achieved = ours["tokens_per_s"] * flops
+                row = {"mode": mode, "dtype": dtype, "batch": batch, "context": context, "gpt1": ours, "hf": peer,
+                       "ratio": ours["tokens_per_s"] / peer["tokens_per_s"],
+                       "memory_ratio": ours["peak_mib"] / peer["peak_mib"],
+                       "gpt1_flops_per_s": achieved, "matmul_flops_per_s": peaks[dtype]}
+                if args.peak_tflops:
+                    row["mfu"] = achieved / (args.peak_tflops * 1e12)
+                rows.append(row)
+                print(f"{mode:6s} {dtype:5s} {batch}x{context:<5d} {ours['tokens_per_s']:11.0f} "
+                      f"{peer['tokens_per_s']:9.0f} {row['ratio']:6.2f} {ours['peak_mib']:9.0f} {peer['peak_mib']:8.0f} "
+                      f"{row['memory_ratio']:5.2f} {achieved / peaks[dtype]:16.0%}", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"device": args.device, "threads": args.threads, "torch": torch.__version__,
+                                          "transformers": transformers.__version__, "preset": args.preset,
+                                          "matmul_flops_per_s": peaks, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The README's main job, end to end on the built-in BBC News corpus (slow: about 10-15 minutes on 2 cores)."""
+
+import json
+
+import pytest
+
+from gpt1.demo import bbc_news_dir, bbc_topic_task
+
+
+def test_bbc_topic_task_is_balanced_and_reports_the_unreadable_article():
+    task = bbc_topic_task(bbc_news_dir(), per_class=10, dev_per_class=20)
+    assert task.label_names == ["business", "entertainment", "politics", "sport", "tech"]
+    assert [sum(e.label == k for e in task.splits["train"]) for k in range(5)] == [10] * 5
+    assert len(task.splits["dev"]) == 100
+    train_ids = {e.source for e in task.splits["train"]}
+    assert not train_ids & {e.source for e in task.splits["dev"]}
+    assert any("not UTF-8" in note for note in task.notes)  # one article of the corpus is Latin-1
+
+
+@pytest.mark.slow
+def test_main_job_pretrains_shows_perplexity_falling_and_fine_tunes_twice(tmp_path, capsys):
+    from gpt1.demo import run_demo
+
+    result = run_demo(tmp_path / "demo")
+    val = result["val"]
+    # In these minutes GPT-1's post-LN decoder learns the unigram statistics (perplexity 8,554 -> ~1,160
+    # here), not yet much context: the perplexity must fall several-fold, not to a level of real fluency.
+    assert val[0]["update"] == 0 and val[-1]["val_ppl"] < val[0]["val_ppl"] / 5
+    assert result["sample"].startswith("the government said") and len(result["sample"].split()) > 20
+    scores = result["finetune_accuracy"]
+    assert set(scores) == {"pre-trained", "from scratch"} and all(0 <= s <= 1 for s in scores.values())
+    out = capsys.readouterr().out
+    assert "pre-trained" in out and "from scratch" in out
+    assert json.loads((tmp_path / "demo" / "summary.json").read_text())["finetune_accuracy"] == scores
