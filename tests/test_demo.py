@@ -9,7 +9,7 @@ from gpt1.demo import bbc_news_dir, bbc_topic_task
 
 def test_bbc_topic_task_is_balanced_and_reports_the_unreadable_article():
     task = bbc_topic_task(bbc_news_dir(), per_class=10, dev_per_class=20)
-    assert task.label_names == ["business", "entertainment", "politics", "sport", "tech"]
+    assert task.label_names == ["business", "entertainment", "politics", "sports", "tech"]
     assert [sum(e.label == k for e in task.splits["train"]) for k in range(5)] == [10] * 5
     assert len(task.splits["dev"]) == 100
     train_ids = {e.source for e in task.splits["train"]}
