@@ -41,6 +41,12 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def append_jsonl(path: Path, record: dict) -> None:
+    """One JSON object per line: a metrics log that a crash can cut only after a complete line."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def read_json(path: Path) -> dict:
     path = Path(path)
     try:

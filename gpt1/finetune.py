@@ -34,6 +34,7 @@ from .checkpoint import (
     TOKENIZER_DIR,
     WEIGHTS_FILE,
     AtomicDirectory,
+    append_jsonl,
     copy_tokenizer,
     load_config,
     load_weights_into,
@@ -296,6 +297,7 @@ def finetune(
     """Fine-tune on task.splits["train"], pick the best epoch on task.splits["dev"] (by the task's first
     metric), save that model to out_dir with task.json and results.json, and return the results."""
     from .metrics import compute_metrics
+    from .pretrain import decoupled_adam
 
     out_dir = Path(out_dir)
     if "train" not in task.splits or not task.splits["train"]:
@@ -322,10 +324,7 @@ def finetune(
 
     dev_ = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev_)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    optimizer = decoupled_adam(model, config.lr, config.weight_decay)
     autocast = torch.autocast(dev_.type, dtype=torch.bfloat16) if config.dtype == "bf16" else contextlib.nullcontext()
     if config.batch_size % config.micro_batch and config.micro_batch < config.batch_size:
         raise UserError(f"--batch-size {config.batch_size} is not a multiple of --micro-batch {config.micro_batch}")
@@ -366,7 +365,7 @@ def finetune(
             update += 1
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{task_sum:.3f}", lm=f"{lm_sum:.3f}", lr=f"{lr:.2e}")
-            _append_jsonl(metrics_path, {"update": update, "epoch": epoch, "task_loss": task_sum, "lm_loss": lm_sum,
+            append_jsonl(metrics_path, {"update": update, "epoch": epoch, "task_loss": task_sum, "lm_loss": lm_sum,
                                          "lr": lr})
         record = {"epoch": epoch, "update": update}
         if dev:
@@ -374,7 +373,7 @@ def finetune(
             record["dev"] = compute_metrics(task.metrics, preds, [e.label for e in dev])
             tqdm.write(f"{task.name} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items()))
         history.append(record)
-        _append_jsonl(metrics_path, record)
+        append_jsonl(metrics_path, record)
         score = record["dev"][task.metrics[0]] if dev else epoch
         if best is None or score > best["score"]:
             best = {"epoch": epoch, "score": score, "dev": record.get("dev")}
@@ -390,11 +389,6 @@ def finetune(
                "notes": list(getattr(task, "notes", []))}
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return results
-
-
-def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 TASK_FILE = "task.json"

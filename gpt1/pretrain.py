@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from .checkpoint import (
     LATEST_FILE,
+    append_jsonl,
     OPTIMIZER_FILE,
     STATE_FILE,
     AtomicDirectory,
@@ -124,14 +125,16 @@ def lr_at(step: int, config: PretrainConfig, total: int) -> float:
 
 
 def make_optimizer(model: GPT, config: PretrainConfig) -> torch.optim.AdamW:
-    """Decay every tensor of 2+ dims (weights and embeddings), not biases or LayerNorm gains."""
+    return decoupled_adam(model, config.lr, config.weight_decay, config.betas, config.eps)
+
+
+def decoupled_adam(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999), eps=1e-8) -> torch.optim.AdamW:
+    """Adam with decoupled weight decay on every tensor of 2+ dims (weights and embeddings, as the original
+    code), none on biases and LayerNorm gains."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
 
 class LanguageModelLoss(nn.Module):
@@ -316,7 +319,7 @@ def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_upd
             record = {"update": step, "tokens": tokens_seen, "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
                       "tokens_per_s": config.tokens_per_update / seconds}
             if ddp.is_main:
-                _append_metrics(out_dir / METRICS_FILE, record)
+                append_jsonl(out_dir / METRICS_FILE, record)
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
             stopping = stop.requested or step == last_update
@@ -363,7 +366,7 @@ def _evaluate_and_log(model, data, starts, context, autocast, ddp, out_dir, step
     val_loss = evaluate(model, data, starts, context, autocast, ddp)
     record = {"update": step, "tokens": tokens, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
     if ddp.is_main:
-        _append_metrics(out_dir / METRICS_FILE, record)
+        append_jsonl(out_dir / METRICS_FILE, record)
         tqdm.write(f"update {step}: validation loss {val_loss:.4f}, perplexity {record['val_ppl']:.2f}")
     return record
 
@@ -406,11 +409,6 @@ def _move_optimizer_state(optimizer, dev) -> None:
         for k, v in slots.items():
             if torch.is_tensor(v) and k != "step":
                 slots[k] = v.to(dev)
-
-
-def _append_metrics(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
