@@ -346,10 +346,10 @@ def evaluate(model: GPT, data: TokenData, starts: np.ndarray, context: int, auto
     was_training = model.training
     model.eval()
     mine = starts[ddp.rank :: ddp.world_size]
+    dev = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(mine), batch):
         x, y = windows(data.val, mine[i : i + batch], context)
-        dev = next(model.parameters()).device
         with autocast:
             loss = model.lm_loss(x.to(dev), y.to(dev))
         total += loss.item() * y.numel()
