@@ -56,10 +56,11 @@ def cmd_decode(args) -> None:
 
 
 def cmd_train_tokenizer(args) -> None:
-    from .data import find_text_files, read_text
+    from .data import read_documents
     from .tokenizer import train_tokenizer
 
-    texts = [read_text(p) for p in find_text_files(args.inputs)]
+    documents, _, _ = read_documents(args.inputs, args.gutenberg, args.unwrap, args.on_bad_file)
+    texts = [paragraph for document in documents for paragraph in document]
     tokenizer = train_tokenizer(texts, args.merges, args.out, workers=args.workers, progress=True)
     print(f"wrote a vocabulary of {tokenizer.vocab_size} ids ({args.merges} merges) to {args.out}")
 
@@ -148,12 +149,11 @@ def _load_task(args):
 
 def cmd_finetune(args) -> None:
     from .checkpoint import resolve_model_dir, tokenizer_dir_of
-    from .finetune import FinetuneConfig, evaluate_other_splits, finetune
+    from .finetune import evaluate_other_splits, finetune
     from .model import preset_config
     from .tokenizer import load_tokenizer
 
-    config = FinetuneConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)
-                               if getattr(args, f.name, None) is not None})
+    config = _finetune_config(args)
     pretrained = resolve_model_dir(args.model) if args.model else None
     tokenizer_dir = args.tokenizer or (tokenizer_dir_of(args.model) if args.model else None)
     if tokenizer_dir is None:
@@ -271,6 +271,14 @@ def cmd_glue_score(args) -> None:
         Path(args.out).write_text(json.dumps({"glue_score": score, "tasks": results, "missing": missing}, indent=2) + "\n")
 
 
+def cmd_ablation(args) -> None:
+    from .ablation import run_ablation
+
+    run_ablation(args.model, args.data, args.out, args.tasks.split(","), args.settings.split(","),
+                 _finetune_config(args))
+    print(f"table: {args.out / 'ablation.md'}; every field: {args.out / 'ablation.csv'}")
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -281,6 +289,28 @@ def _scalar_fields():
     from .pretrain import PretrainConfig
 
     return [f for f in dataclasses.fields(PretrainConfig) if f.type in ("int", "float", "str")]
+
+
+def _add_finetune_settings(p, only: tuple[str, ...] | None = None) -> None:
+    """One option per FinetuneConfig field (or those in `only`); unset options keep the paper's defaults."""
+    from .finetune import FinetuneConfig
+
+    for f in dataclasses.fields(FinetuneConfig):
+        if only is not None and f.name not in only:
+            continue
+        flag = f"--{f.name.replace('_', '-')}"
+        if f.type == "bool":
+            p.add_argument(flag, dest=f.name, action="store_true", default=None)
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type]
+            p.add_argument(flag, dest=f.name, type=kind, default=None, help=f"default {f.default}")
+
+
+def _finetune_config(args):
+    from .finetune import FinetuneConfig
+
+    return FinetuneConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)
+                             if getattr(args, f.name, None) is not None})
 
 
 def _add_task_arguments(p, with_task: bool) -> None:
@@ -304,6 +334,15 @@ def _add_task_arguments(p, with_task: bool) -> None:
     g.add_argument("--uid", help="column of an id to carry into predictions (default: row numbers)")
 
 
+def _add_text_options(p) -> None:
+    """How corpus files are read, shared by train-tokenizer and prepare so that both see the same text."""
+    p.add_argument("--gutenberg", action="store_true", help="strip Project Gutenberg headers/footers, unwrap lines")
+    p.add_argument("--unwrap", action="store_true", help="join hard-wrapped lines within a paragraph")
+    p.add_argument("--on-bad-file", choices=["error", "skip"], default="error",
+                   help="empty, binary or non-UTF-8 files: stop (default) or skip and list them")
+    p.add_argument("--workers", type=int, default=None, help="encoding processes (default: one per core)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpt1", description="GPT-1: tokenizer, pre-training, generation, weight conversion.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -324,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", type=Path, help="text files or folders (.txt, .gz)")
     p.add_argument("--merges", type=int, default=40000, help="number of merges (GPT-1: 40000)")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--workers", type=int, default=None)
+    _add_text_options(p)
     p.set_defaults(func=cmd_train_tokenizer)
 
     p = sub.add_parser("prepare", help="raw text -> token ids for pre-training (train/val memory-mapped files)")
@@ -332,11 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out (default 0.01)")
-    p.add_argument("--gutenberg", action="store_true", help="strip Project Gutenberg headers/footers, unwrap lines")
-    p.add_argument("--unwrap", action="store_true", help="join hard-wrapped lines within a paragraph")
-    p.add_argument("--on-bad-file", choices=["error", "skip"], default="error",
-                   help="empty, binary or non-UTF-8 files: stop (default) or skip and list them")
-    p.add_argument("--workers", type=int, default=None)
+    _add_text_options(p)
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("pretrain", help="generative pre-training on prepared data")
@@ -379,16 +414,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="model size with --from-scratch and no --model (default gpt1)")
     p.add_argument("--device", default=None)
     _add_task_arguments(p, with_task=True)
-    from .finetune import FinetuneConfig
-
-    for f in dataclasses.fields(FinetuneConfig):
-        flag = f"--{f.name.replace('_', '-')}"
-        if f.type == "bool":
-            p.add_argument(flag, dest=f.name, action="store_true", default=None)
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type]
-            p.add_argument(flag, dest=f.name, type=kind, default=None, help=f"default {f.default}")
+    _add_finetune_settings(p)
     p.set_defaults(func=cmd_finetune)
+
+    from .ablation import SETTINGS, TASK_PLANS
+
+    p = sub.add_parser("ablation", help="the paper's Table 5 in small: each task with and without pre-training "
+                                        "and the auxiliary LM loss")
+    p.add_argument("--model", required=True, type=Path, help="pre-trained model, checkpoint or run folder")
+    p.add_argument("--data", required=True, type=Path, help="folder holding glue/, race/ and story_cloze/")
+    p.add_argument("--out", required=True, type=Path, help="runs, ablation.csv and ablation.md")
+    p.add_argument("--tasks", default=",".join(TASK_PLANS), help="comma-separated (default: all)")
+    p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated (default: all)")
+    _add_finetune_settings(p, only=("lr", "batch_size", "micro_batch", "epochs", "warmup_fraction", "dtype", "seed"))
+    p.set_defaults(func=cmd_ablation)
 
     p = sub.add_parser("evaluate", help="score a fine-tuned model on a labelled file or a benchmark split")
     p.add_argument("--model", required=True, type=Path, help="folder written by `gpt1 finetune`")

@@ -90,6 +90,32 @@ def paragraphs(text: str, unwrap: bool) -> list[str]:
     return out
 
 
+def read_documents(
+    inputs: list[Path], gutenberg: bool = False, unwrap: bool = False, on_bad_file: str = "error"
+) -> tuple[list[list[str]], list[Path], list[str]]:
+    """The paragraphs of each text file under `inputs`, the files found, and those skipped (with
+    on_bad_file="skip") as one-line reasons. Project Gutenberg files lose their licence header and footer and are unwrapped."""
+    files = find_text_files(inputs)
+    documents: list[list[str]] = []
+    skipped: list[str] = []
+    for path in files:
+        try:
+            text = read_text(path)
+            if gutenberg:
+                text = strip_gutenberg(text, path)
+        except UserError as e:
+            if on_bad_file != "skip":
+                raise
+            skipped.append(str(e))
+            print(f"skipping {e}", file=sys.stderr)
+            continue
+        documents.append(paragraphs(text, unwrap or gutenberg))
+    documents = [d for d in documents if d]
+    if not documents:
+        raise UserError(f"{inputs[0]}: no text left after reading {len(files)} file(s)")
+    return documents, files, skipped
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
@@ -126,24 +152,7 @@ def prepare(
     from .tokenizer import load_tokenizer  # spaCy takes a second to import; only prepare needs it
 
     tokenizer = load_tokenizer(tokenizer_dir)
-    files = find_text_files(inputs)
-    documents: list[list[str]] = []
-    skipped: list[str] = []
-    for path in files:
-        try:
-            text = read_text(path)
-            if gutenberg:
-                text = strip_gutenberg(text, path)
-        except UserError as e:
-            if on_bad_file != "skip":
-                raise
-            skipped.append(str(e))
-            print(f"skipping {e}", file=sys.stderr)
-            continue
-        documents.append(paragraphs(text, unwrap or gutenberg))
-    documents = [d for d in documents if d]
-    if not documents:
-        raise UserError(f"{inputs[0]}: no text left to train on after reading {len(files)} file(s)")
+    documents, files, skipped = read_documents(inputs, gutenberg, unwrap, on_bad_file)
 
     n_docs = len(documents)
     if n_docs >= 10:

@@ -15,7 +15,7 @@ import json
 import random
 from pathlib import Path
 
-from .data import find_text_files, paragraphs, prepare, read_text
+from .data import prepare, read_documents, read_text
 from .errors import UserError
 
 DEMO_MERGES = 8000
@@ -73,13 +73,8 @@ def run_demo(out: Path) -> dict:
 
     if not (tokenizer_dir / "tokenizer.json").exists():
         print(f"1/4 training a BPE vocabulary of {DEMO_MERGES} merges on {corpus}")
-        texts = []
-        for path in find_text_files([corpus]):
-            try:
-                texts.extend(paragraphs(read_text(path), unwrap=False))
-            except UserError as e:
-                print(f"   skipping {e}")
-        train_tokenizer(texts, DEMO_MERGES, tokenizer_dir, progress=True)
+        documents, _, _ = read_documents([corpus], on_bad_file="skip")
+        train_tokenizer([p for doc in documents for p in doc], DEMO_MERGES, tokenizer_dir, progress=True)
     if not (data_dir / "meta.json").exists():
         print("2/4 encoding the articles")
         stats = prepare([corpus], data_dir, tokenizer_dir, on_bad_file="skip")

@@ -126,6 +126,20 @@ def test_prepare_strips_gutenberg_header_and_footer(vocab, tmp_path, capsys):
     assert "it was a dark and stormy night ." in text  # hard-wrapped lines joined
 
 
+def test_train_tokenizer_reads_gutenberg_books_like_prepare(tmp_path, capsys):
+    book = tmp_path / "book.txt"
+    book.write_text("zzlicence zzlicence zzlicence\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\n"
+                    "the story\nof the story.\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\nzzlicence\n",
+                    encoding="utf-8")
+    code, out, err = run(capsys, "train-tokenizer", book, "--gutenberg", "--merges", "20", "--out", tmp_path / "tok",
+                         "--workers", "1")
+    assert code == 0, err
+    vocab = json.loads(next((tmp_path / "tok").glob("encoder_bpe_*.json")).read_text())
+    assert "story</w>" in vocab and not any("zz" in token for token in vocab)  # licence text never counted
+    code, _, err = run(capsys, "train-tokenizer", tmp_path / "book.txt", tmp_path / "missing", "--out", tmp_path / "t2")
+    assert code == 2 and "missing" in err
+
+
 def test_generate_refuses_weights_of_another_shape(tmp_path, capsys):
     save_model(GPT(GPTConfig(vocab_size=97, n_positions=16, n_embd=32, n_layer=1, n_head=4)), tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())

@@ -250,3 +250,32 @@ def test_similarity_models_are_not_exported_because_no_hf_head_adds_two_orders(t
     with pytest.raises(UserError, match="both input orders"):
         convert(tmp_path / "ft", tmp_path / "hf", "gpt1", "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_ablation_runs_every_setting_on_the_same_subsets_and_resumes(tokenizer, pretrained, tmp_path, capsys):
+    from gpt1.checkpoint import copy_tokenizer
+    from gpt1.cli import main
+
+    copy_tokenizer(require_shared_data("gpt1_vocab"), pretrained / "tokenizer")
+    glue = tmp_path / "data" / "glue" / "SST-2"
+    glue.mkdir(parents=True)
+    for name, n in (("train", 40), ("dev", 12)):
+        rows = [f"the film was {['awful', 'superb'][i % 2]} indeed\t{i % 2}" for i in range(n)]
+        (glue / f"{name}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    args = ["ablation", "--model", str(pretrained), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "ab"),
+            "--tasks", "sst2", "--settings", "pretrained+aux,scratch", "--epochs", "1", "--batch-size", "8"]
+    assert main(args) == 0, capsys.readouterr().err
+    table = (tmp_path / "ab" / "ablation.md").read_text()
+    assert "| pretrained+aux |" in table and "| scratch |" in table
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "ab" / "ablation.csv", encoding="utf-8")))
+    assert [(r["setting"], r["train"], r["dev"]) for r in rows] == [("pretrained+aux", "40", "12"), ("scratch", "40", "12")]
+    runs = {s: json.loads((tmp_path / "ab" / s / "sst2" / "results.json").read_text()) for s in ("pretrained+aux", "scratch")}
+    assert runs["pretrained+aux"]["config"]["lm_coef"] == 0.5 and runs["pretrained+aux"]["pretrained"] is not None
+    assert runs["scratch"]["config"]["lm_coef"] == 0.0 and runs["scratch"]["pretrained"] is None
+
+    finished = (tmp_path / "ab" / "scratch" / "sst2" / "results.json").stat().st_mtime_ns
+    assert main(args) == 0  # a second call reuses the finished runs
+    assert (tmp_path / "ab" / "scratch" / "sst2" / "results.json").stat().st_mtime_ns == finished
+    assert main(args[:-6] + ["--tasks", "mnli9"]) == 2 and "mnli9" in capsys.readouterr().err
