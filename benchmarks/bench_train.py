@@ -1,4 +1,13 @@
-"""Training-step, inference and generation speed of gpt1 against Hugging Face's OpenAIGPTLMHeadModel.
+"""Training-step, inference, fine-tuning-step and generation speed of gpt1 against Hugging Face transformers.
+
+Modes, each against its peer from transformers:
+  train     pre-training step: LM loss, backward, clipping, AdamW.       Peer: OpenAIGPTLMHeadModel.
+  infer     forward pass to the LM logits, no gradients.                 Peer: OpenAIGPTLMHeadModel.
+  finetune  fine-tuning step: classifier head on the last token plus the auxiliary LM loss (lambda 0.5),
+            vocabulary extended by the 3 fine-tuning tokens.  Peer: OpenAIGPTDoubleHeadsModel with one
+            choice per example, HF's GPT-1 model for exactly this loss.
+  generate  sampling with the KV cache, top-k 40, NEW_TOKENS new tokens per sequence (fewer if the context
+            is shorter) after a prompt of the shape's length.            Peer: OpenAIGPTLMHeadModel.generate.
 
 Both models get the same weights, shapes, threads, dtype and dropout (the paper's 0.1 in training). The
 peer uses torch's AdamW at its fastest stock setting (fused where the device has it). Each measurement
@@ -14,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -25,6 +33,9 @@ from pathlib import Path
 import torch
 
 SHAPES = [(1, 512), (8, 128)]
+GENERATE_SHAPES = [(1, 32), (8, 32)]  # (sequences, prompt tokens)
+NEW_TOKENS = 128
+N_CLASSES = 2
 
 
 def matmul_flops(dtype: torch.dtype, device: str, n: int = 2048, repeats: int = 10) -> float:
@@ -45,11 +56,17 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build(impl: str, preset: str, device: str):
+def build(impl: str, preset: str, device: str, mode: str):
     from gpt1.model import GPT, preset_config
 
     config = preset_config(preset)
+    if mode == "finetune":  # start, delimiter, extract
+        config = preset_config(preset, vocab_size=config.vocab_size + 3)
     torch.manual_seed(0)
+    if impl == "gpt1" and mode == "finetune":
+        from gpt1.finetune import TaskModel
+
+        return TaskModel(config, "classification", N_CLASSES).to(device), config
     ours = GPT(config)
     if impl == "gpt1":
         return ours.to(device), config
@@ -57,7 +74,8 @@ def build(impl: str, preset: str, device: str):
 
     from gpt1.convert import config_to_hf, hf_state_from_gpt1
 
-    hf = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**config_to_hf(config)))
+    hf_class = transformers.OpenAIGPTDoubleHeadsModel if mode == "finetune" else transformers.OpenAIGPTLMHeadModel
+    hf = hf_class(transformers.OpenAIGPTConfig(**config_to_hf(config)))
     hf.load_state_dict(hf_state_from_gpt1(ours), strict=False)  # lm_head is tied to the embedding
     return hf.to(device), config
 
@@ -71,22 +89,47 @@ def measure(args) -> dict:
     """One measurement in this process: returns tokens/s, median step time, peak memory."""
     torch.set_num_threads(args.threads)
     device = args.device
-    model, config = build(args.impl, args.preset, device)
+    model, config = build(args.impl, args.preset, device, args.mode)
+    compile_gpt1 = args.compile and args.impl == "gpt1"  # the first step pays the compile time (first_step_s)
+    if compile_gpt1 and args.mode == "infer":
+        model = torch.compile(model)
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, config.vocab_size, (args.batch, args.context + 1), generator=gen).to(device)
     fused = device.startswith("cuda") or hasattr(torch._C, "_fused_adamw_")  # fused CPU AdamW exists in torch >= 2.4
-    if args.mode == "train":
+    tokens = args.batch * args.context
+    if args.mode in ("train", "finetune"):
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=fused)
+        labels = torch.randint(0, N_CLASSES, (args.batch,), generator=gen).to(device)
+        loss_of = _loss if args.mode == "train" else _finetune_loss
+        if compile_gpt1:
+            loss_of = torch.compile(loss_of)  # the whole loss computation, model included
 
         def step():
             with autocast:
-                loss = _loss(args.impl, model, ids)
+                loss = loss_of(args.impl, model, ids, labels)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+    elif args.mode == "generate":
+        model.eval()
+        prompt = ids[:, : args.context]
+        new_tokens = min(NEW_TOKENS, config.n_positions - args.context)  # the peer cannot go past its context
+        tokens = args.batch * new_tokens
+
+        @torch.no_grad()
+        def step():
+            with autocast:
+                if args.impl == "gpt1":
+                    from gpt1.generate import generate
+
+                    generate(model, prompt[0].tolist(), new_tokens, top_k=40, seed=0, num_samples=args.batch)
+                else:
+                    prompts = prompt[:1].expand(args.batch, -1)  # gpt1 samples num_samples from one prompt too
+                    model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=True, top_k=40,
+                                   max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
     else:
         model.eval()
 
@@ -95,7 +138,11 @@ def measure(args) -> dict:
             with autocast:
                 out = model(ids[:, :-1])
                 (out if args.impl == "gpt1" else out.logits).sum().item()
-    for _ in range(args.warmup):
+    t0 = time.perf_counter()
+    step()
+    _sync(device)
+    first_step = time.perf_counter() - t0
+    for _ in range(args.warmup - 1):
         step()
     _sync(device)
     times = []
@@ -105,24 +152,35 @@ def measure(args) -> dict:
         _sync(device)
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
-    tokens = args.batch * args.context
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
-    return {"tokens_per_s": tokens / median, "step_s": median, "peak_mib": peak}
+    return {"tokens_per_s": tokens / median, "step_s": median, "peak_mib": peak, "first_step_s": first_step}
 
 
-def _loss(impl, model, ids):
+def _loss(impl, model, ids, labels=None):
     if impl == "gpt1":
         return model.lm_loss(ids[:, :-1], ids[:, 1:])
     return _hf_loss(model, ids)
 
 
+def _finetune_loss(impl, model, ids, labels):
+    """Classification loss on the last token's state + 0.5 x LM loss on the same full-length inputs."""
+    x = ids[:, None, :-1]  # (B, 1, T): one input sequence per example
+    B, _, T = x.shape
+    lengths = torch.full((B, 1), T, device=ids.device)
+    if impl == "gpt1":
+        logits, h = model(x, lengths)
+        return model.task_loss(logits, labels) + 0.5 * model.lm_loss(x, lengths, h)
+    out = model(x, mc_token_ids=lengths - 1, labels=x, mc_labels=torch.zeros_like(labels))
+    return out.mc_loss + 0.5 * out.loss
+
+
 def run_child(args, impl: str, mode: str, dtype: str, batch: int, context: int) -> dict:
     cmd = [sys.executable, __file__, "--child", "--impl", impl, "--mode", mode, "--dtype", dtype, "--batch",
            str(batch), "--context", str(context), "--preset", args.preset, "--steps", str(args.steps), "--warmup",
-           str(args.warmup), "--threads", str(args.threads), "--device", args.device]
+           str(args.warmup), "--threads", str(args.threads), "--device", args.device] + (["--compile"] if args.compile else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{impl} {mode} {dtype} {batch}x{context} failed:\n{out.stderr[-2000:]}")
@@ -137,7 +195,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
-    parser.add_argument("--modes", nargs="+", default=["train", "infer"])
+    parser.add_argument("--modes", nargs="+", default=["train", "infer", "finetune", "generate"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile gpt1's model (not the peer's)")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="GPU: the card's dense bf16 peak, for MFU")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -170,15 +229,19 @@ def main() -> None:
     print(f"device {args.device}, {args.threads} threads, torch {torch.__version__}, transformers "
           f"{transformers.__version__}, preset {args.preset}")
     print("matmul peak: " + ", ".join(f"{d} {v / 1e9:.0f} GFLOP/s" for d, v in peaks.items()))
-    header = f"{'mode':6s} {'dtype':5s} {'shape':7s} {'gpt1 tok/s':>11s} {'HF tok/s':>9s} {'ratio':>6s} " \
-             f"{'gpt1 MiB':>9s} {'HF MiB':>8s} {'mem':>5s} {'FLOP/s vs matmul':>17s}"
+    header = f"{'mode':8s} {'dtype':5s} {'shape':7s} {'gpt1 tok/s':>11s} {'HF tok/s':>9s} {'ratio':>6s} " \
+             f"{'gpt1 MiB':>9s} {'HF MiB':>8s} {'mem':>5s} {'FLOP/s vs matmul':>17s} {'1st step s':>10s}"
     print(header)
     for mode in args.modes:
         for dtype in peaks:
-            for batch, context in dict.fromkeys((b, min(c, config.n_positions)) for b, c in SHAPES):
+            shapes = SHAPES
+            if mode == "generate":
+                shapes = [(b, min(c, config.n_positions // 4)) for b, c in GENERATE_SHAPES]
+            for batch, context in dict.fromkeys((b, min(c, config.n_positions)) for b, c in shapes):
                 ours = run_child(args, "gpt1", mode, dtype, batch, context)
                 peer = run_child(args, "hf", mode, dtype, batch, context)
-                flops = flops_per_token(config, context) * (1 if mode == "train" else 1 / 3)
+                # generation attends to a growing cache: its FLOP/s is left out (shown as 0)
+                flops = {"train": 1, "finetune": 1, "infer": 1 / 3, "generate": 0}[mode] * flops_per_token(config, context)
                 achieved = ours["tokens_per_s"] * flops
                 row = {"mode": mode, "dtype": dtype, "batch": batch, "context": context, "gpt1": ours, "hf": peer,
                        "ratio": ours["tokens_per_s"] / peer["tokens_per_s"],
@@ -187,12 +250,13 @@ def main() -> None:
                 if args.peak_tflops:
                     row["mfu"] = achieved / (args.peak_tflops * 1e12)
                 rows.append(row)
-                print(f"{mode:6s} {dtype:5s} {batch}x{context:<5d} {ours['tokens_per_s']:11.0f} "
+                print(f"{mode:8s} {dtype:5s} {batch}x{context:<5d} {ours['tokens_per_s']:11.0f} "
                       f"{peer['tokens_per_s']:9.0f} {row['ratio']:6.2f} {ours['peak_mib']:9.0f} {peer['peak_mib']:8.0f} "
-                      f"{row['memory_ratio']:5.2f} {achieved / peaks[dtype]:16.0%}", flush=True)
+                      f"{row['memory_ratio']:5.2f} {achieved / peaks[dtype]:16.0%} {ours['first_step_s']:10.1f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"device": args.device, "threads": args.threads, "torch": torch.__version__,
                                           "transformers": transformers.__version__, "preset": args.preset,
+                                          "compile": args.compile,
                                           "matmul_flops_per_s": peaks, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
 

@@ -93,7 +93,8 @@ def _print_pretrain_summary(summary: dict) -> None:
               f"{last['val_ppl']:.2f} (update {last['update']})")
     state = "interrupted at" if summary["interrupted"] else "finished"
     print(f"{state} update {summary['updates']}: {summary['tokens']:,} tokens seen, "
-          f"{summary['tokens_per_s']:.0f} tokens/s; checkpoint {summary['checkpoint']}")
+          f"{summary['tokens_per_s']:.0f} tokens/s, {summary['data_wait']:.2%} of step time waiting for batches; "
+          f"checkpoint {summary['checkpoint']}")
 
 
 def cmd_generate(args) -> None:
@@ -288,7 +289,7 @@ def cmd_demo(args) -> None:
 def _scalar_fields():
     from .pretrain import PretrainConfig
 
-    return [f for f in dataclasses.fields(PretrainConfig) if f.type in ("int", "float", "str")]
+    return [f for f in dataclasses.fields(PretrainConfig) if f.type in ("int", "float", "str", "bool")]
 
 
 def _add_finetune_settings(p, only: tuple[str, ...] | None = None) -> None:
@@ -382,9 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", type=Path, help="start from these weights (a gpt1 model folder)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     for f in _scalar_fields():
-        kind = {"int": int, "float": float, "str": str}[f.type]
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
-                       help=f"override the recipe's {f.name}")
+        flag = f"--{f.name.replace('_', '-')}"
+        if f.type == "bool":
+            p.add_argument(flag, dest=f.name, action="store_true", default=None, help=f"turn on {f.name}")
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type]
+            p.add_argument(flag, dest=f.name, type=kind, default=None, help=f"override the recipe's {f.name}")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("generate", help="sample text from a model")

@@ -20,6 +20,7 @@ import json
 import math
 import random
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -337,6 +338,7 @@ def finetune(
     metrics_path.write_text("", encoding="utf-8")
     rng = random.Random(config.seed)
     update, best, history, best_state = 0, None, [], None
+    train_seconds = data_seconds = 0.0  # batches are padded from pre-encoded examples in the loop
     bar = tqdm(total=total, desc=f"finetune {task.name}", unit="upd", disable=not progress, dynamic_ncols=True)
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -348,9 +350,12 @@ def finetune(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             task_sum = lm_sum = 0.0
+            t_update = time.perf_counter()
             for m in range(0, len(batch), micro):
+                t_data = time.perf_counter()
                 ids, lengths, labels = collate(batch[m : m + micro])
                 ids, lengths, labels = ids.to(dev_), lengths.to(dev_), labels.to(dev_)
+                data_seconds += time.perf_counter() - t_data
                 with autocast:
                     logits, h = model(ids, lengths)
                     task_loss = model.task_loss(logits, labels)
@@ -362,6 +367,7 @@ def finetune(
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            train_seconds += time.perf_counter() - t_update
             update += 1
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{task_sum:.3f}", lm=f"{lm_sum:.3f}", lr=f"{lr:.2e}")
@@ -386,6 +392,7 @@ def finetune(
     results = {"task": task.name, "kind": task.kind, "best_epoch": best["epoch"], "dev": best["dev"],
                "history": history, "truncated": truncated, "train_examples": len(train), "dev_examples": len(dev),
                "config": asdict(config), "pretrained": None if config.from_scratch else str(pretrained),
+               "train_seconds": train_seconds, "data_wait": data_seconds / train_seconds if train_seconds else 0.0,
                "notes": list(getattr(task, "notes", []))}
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return results

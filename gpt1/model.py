@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -143,6 +144,9 @@ class GPT(nn.Module):
         self.positions_embed = nn.Embedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        # Memory option for training: keep only each block's input and recompute the block in the backward
+        # pass (about a third more compute). A training setting, not part of the architecture.
+        self.activation_checkpointing = False
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -166,7 +170,10 @@ class GPT(nn.Module):
         pos = torch.arange(past, past + T, device=idx.device)  # (T,)
         x = self.drop(self.tokens_embed(idx) + self.positions_embed(pos))  # (B, T, C)
         for layer, block in enumerate(self.h):
-            x = block(x, cache, layer)
+            if self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)  # recomputed with the same dropout masks
+            else:
+                x = block(x, cache, layer)
         if cache is not None:
             cache.length += T
         return x

@@ -74,6 +74,8 @@ class PretrainConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0
     dtype: str = "fp32"  # or "bf16" (autocast)
+    compile: bool = False  # torch.compile the loss computation (the first updates pay the compile time)
+    activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, ~1/3 more compute
     eval_every: int = 500  # updates
     eval_windows: int = 64  # validation windows per evaluation
     checkpoint_every: int = 1000
@@ -274,9 +276,12 @@ def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_upd
         write_json_atomic(out_dir / RUN_CONFIG_FILE, {"pretrain": asdict(config), "model": model_config.to_dict(),
                                                       "data": str(data.directory), "world_size": ddp.world_size})
         _truncate_metrics(out_dir / METRICS_FILE, step)
+    model.activation_checkpointing = config.activation_checkpointing
     loss_module: nn.Module = LanguageModelLoss(model)
     if ddp.world_size > 1:
         loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if config.compile:
+        loss_module = torch.compile(loss_module)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if config.dtype == "bf16" else contextlib.nullcontext()
 
     val_starts = validation_starts(len(data.val), context, config.eval_windows)
@@ -289,18 +294,22 @@ def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_upd
     losses = []
     started = time.perf_counter()
     tokens_this_run = 0
-    with StopRequest() as stop:
+    step_seconds = data_seconds = 0.0  # batches are cut from the memory map in the loop: the time it takes is
+    with StopRequest() as stop:         # all the time training waits for data
+
         while step < last_update:
             t0 = time.perf_counter()
             lr = lr_at(step, config, total_updates)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum = 0.0
+            loss_sum = data_s = 0.0
             for micro in range(accumulation):
+                t_data = time.perf_counter()
                 starts = window_starts(len(data.train), context, config.micro_batch, (config.seed, step, micro, ddp.rank))
                 window_digest.update(starts.tobytes())
                 x, y = windows(data.train, starts, context)
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                data_s += time.perf_counter() - t_data
                 torch.manual_seed(_seed(config.seed, step, micro, ddp.rank))  # dropout masks of this micro-batch
                 sync = micro == accumulation - 1 or ddp.world_size == 1
                 with (contextlib.nullcontext() if sync else loss_module.no_sync()), autocast:
@@ -316,8 +325,10 @@ def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_upd
             train_loss = ddp.all_mean(loss_sum / accumulation)
             losses.append(train_loss)
             seconds = time.perf_counter() - t0
+            step_seconds += seconds
+            data_seconds += data_s
             record = {"update": step, "tokens": tokens_seen, "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
-                      "tokens_per_s": config.tokens_per_update / seconds}
+                      "tokens_per_s": config.tokens_per_update / seconds, "data_wait": data_s / seconds}
             if ddp.is_main:
                 append_jsonl(out_dir / METRICS_FILE, record)
             bar.update(1)
@@ -335,6 +346,7 @@ def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_upd
     summary.update(
         updates=step, tokens=tokens_seen, train_losses=losses, seconds=elapsed,
         tokens_per_s=tokens_this_run / elapsed if elapsed else 0.0, interrupted=step < last_update,
+        data_wait=data_seconds / step_seconds if step_seconds else 0.0,
         checkpoint=str(resolve_model_dir(out_dir)),
     )
     return summary

@@ -143,6 +143,7 @@ def test_finetuning_learns_a_separable_task_and_keeps_the_best_epoch(tokenizer, 
     assert results["best_epoch"] == max(range(4), key=lambda i: results["history"][i]["dev"]["accuracy"]) + 1
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["best_epoch"] == results["best_epoch"] and saved["truncated"] == {"train": 0, "dev": 0}
+    assert 0 < saved["data_wait"] < 1 and saved["train_seconds"] > 0
     model, info = load_task_model(tmp_path / "out")  # the best epoch's weights, scoring as they did
     assert info["label_names"] == ["neg", "pos"] and info["kind"] == "classification"
     transform = InputTransform(tokenizer, "classification", info["max_len"])

@@ -208,3 +208,21 @@ def test_gradients_equal_hugging_face_on_the_same_weights(tmp_path):
         if p.dim() == 2 and name.startswith("h."):
             expected = expected.t()  # Conv1D [in, out] vs Linear [out, in]
         torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients_with_dropout():
+    config = GPTConfig(vocab_size=97, n_positions=16, n_embd=32, n_layer=3, n_head=4)
+    idx = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(0))
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = GPT(config).train()
+        model.activation_checkpointing = checkpointing
+        torch.manual_seed(1)  # the same dropout masks in both runs, and in the recomputation
+        loss = model.lm_loss(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=0)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-7, msg=name)

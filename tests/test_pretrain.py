@@ -51,6 +51,10 @@ def test_training_lowers_validation_loss_and_writes_metrics(token_data, tmp_path
     assert last["val_loss"] < first["val_loss"] - 0.5
     assert math.isclose(last["val_ppl"], math.exp(last["val_loss"]), rel_tol=1e-9)
     assert set(losses(tmp_path / "run")) == set(range(1, 31))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    waits = [r["data_wait"] for r in records if "data_wait" in r]
+    assert len(waits) == 30 and all(0 < w < 1 for w in waits)  # measured each update, a share of its time
+    assert 0 < summary["data_wait"] < 1
     model = load_model(tmp_path / "run")  # the run folder resolves to its latest checkpoint
     assert model.config.n_layer == 2 and model.config.vocab_size == 64
 
@@ -147,3 +151,17 @@ def test_two_processes_under_torchrun_stay_in_sync_and_see_different_data(token_
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["world_size"] == 2
     assert max(losses(tmp_path / "run")) == 4
+
+
+@pytest.mark.slow
+def test_compiled_and_checkpointed_training_follows_the_eager_run(token_data, tmp_path):
+    no_dropout = {"model": {"embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0}}
+    eager = PretrainConfig.from_dict({**TINY, **no_dropout, "max_updates": 4})
+    pretrain(eager, token_data, tmp_path / "eager", progress=False)
+    fast = PretrainConfig.from_dict({**TINY, **no_dropout, "max_updates": 4, "compile": True,
+                                     "activation_checkpointing": True})
+    pretrain(fast, token_data, tmp_path / "fast", progress=False)
+    a, b = losses(tmp_path / "eager"), losses(tmp_path / "fast")
+    assert a.keys() == b.keys() == {1, 2, 3, 4}
+    for update in a:
+        assert b[update] == pytest.approx(a[update], rel=1e-4), update
