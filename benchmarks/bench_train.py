@@ -196,6 +196,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--modes", nargs="+", default=["train", "infer", "finetune", "generate"])
+    parser.add_argument("--shapes", nargs="+", default=[f"{b}x{t}" for b, t in SHAPES],
+                        help="BATCHxCONTEXT for train/infer/finetune (default %(default)s)")
     parser.add_argument("--compile", action="store_true", help="torch.compile gpt1's model (not the peer's)")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="GPU: the card's dense bf16 peak, for MFU")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
@@ -234,7 +236,7 @@ def main() -> None:
     print(header)
     for mode in args.modes:
         for dtype in peaks:
-            shapes = SHAPES
+            shapes = [tuple(map(int, shape.split("x"))) for shape in args.shapes]
             if mode == "generate":
                 shapes = [(b, min(c, config.n_positions // 4)) for b, c in GENERATE_SHAPES]
             for batch, context in dict.fromkeys((b, min(c, config.n_positions)) for b, c in shapes):
