@@ -100,8 +100,8 @@ def finished_rows(out: Path) -> list[dict]:
     """The rows of every finished run under `out`, in TASK_PLANS and SETTINGS order, whichever invocation
     made them (several can share one folder, e.g. one per setting in parallel)."""
     rows = [json.loads(p.read_text(encoding="utf-8")) for p in out.glob("*/*/report.json")]
-    order = {name: i for i, name in enumerate([*SETTINGS, *TASK_PLANS])}
-    return sorted(rows, key=lambda r: (order.get(r["setting"], 99), order.get(r["task"], 99)))
+    rank = {name: i for i, name in enumerate([*SETTINGS, *TASK_PLANS])}
+    return sorted(rows, key=lambda r: (rank.get(r["setting"], len(rank)), rank.get(r["task"], len(rank))))
 
 
 def write_table(rows: list[dict], out: Path) -> str:
@@ -112,8 +112,9 @@ def write_table(rows: list[dict], out: Path) -> str:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    tasks = list(dict.fromkeys(row["task"] for row in rows))
-    settings = list(dict.fromkeys(row["setting"] for row in rows))
+    rank = {name: i for i, name in enumerate([*SETTINGS, *TASK_PLANS])}
+    tasks = sorted({row["task"] for row in rows}, key=lambda t: rank.get(t, len(rank)))
+    settings = sorted({row["setting"] for row in rows}, key=lambda s: rank.get(s, len(rank)))
     cell = {(row["setting"], row["task"]): headline(row) for row in rows}
     lines = ["| setting | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
     lines += ["| " + s + " | " + " | ".join(cell.get((s, t), "") for t in tasks) + " |" for s in settings]
