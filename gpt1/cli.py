@@ -292,19 +292,26 @@ def _scalar_fields():
     return [f for f in dataclasses.fields(PretrainConfig) if f.type in ("int", "float", "str", "bool")]
 
 
-def _add_finetune_settings(p, only: tuple[str, ...] | None = None) -> None:
-    """One option per FinetuneConfig field (or those in `only`); unset options keep the paper's defaults."""
-    from .finetune import FinetuneConfig
-
-    for f in dataclasses.fields(FinetuneConfig):
-        if only is not None and f.name not in only:
-            continue
-        flag = f"--{f.name.replace('_', '-')}"
+def _add_config_options(p, config_class, names: list[str], help_text) -> None:
+    """One option per named field of a settings dataclass: a switch for a bool, a typed value otherwise;
+    an option left out stays None, so the recipe's or the dataclass's value holds."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    for name in names:
+        f = fields[name]
+        flag = f"--{name.replace('_', '-')}"
         if f.type == "bool":
-            p.add_argument(flag, dest=f.name, action="store_true", default=None)
+            p.add_argument(flag, dest=name, action="store_true", default=None, help=help_text(f))
         else:
             kind = {"int": int, "float": float, "str": str}[f.type]
-            p.add_argument(flag, dest=f.name, type=kind, default=None, help=f"default {f.default}")
+            p.add_argument(flag, dest=name, type=kind, default=None, help=help_text(f))
+
+
+def _add_finetune_settings(p, only: tuple[str, ...] | None = None) -> None:
+    """Options for FinetuneConfig's fields (or those in `only`); unset ones keep the paper's defaults."""
+    from .finetune import FinetuneConfig
+
+    names = [f.name for f in dataclasses.fields(FinetuneConfig) if only is None or f.name in only]
+    _add_config_options(p, FinetuneConfig, names, lambda f: f"default {f.default}")
 
 
 def _finetune_config(args):
@@ -382,13 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--init-from", type=Path, help="start from these weights (a gpt1 model folder)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    for f in _scalar_fields():
-        flag = f"--{f.name.replace('_', '-')}"
-        if f.type == "bool":
-            p.add_argument(flag, dest=f.name, action="store_true", default=None, help=f"turn on {f.name}")
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type]
-            p.add_argument(flag, dest=f.name, type=kind, default=None, help=f"override the recipe's {f.name}")
+    from .pretrain import PretrainConfig
+
+    _add_config_options(p, PretrainConfig, [f.name for f in _scalar_fields()],
+                        lambda f: f"turn on {f.name}" if f.type == "bool" else f"override the recipe's {f.name}")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("generate", help="sample text from a model")

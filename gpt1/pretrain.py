@@ -294,8 +294,9 @@ def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_upd
     losses = []
     started = time.perf_counter()
     tokens_this_run = 0
-    step_seconds = data_seconds = 0.0  # batches are cut from the memory map in the loop: the time it takes is
-    with StopRequest() as stop:         # all the time training waits for data
+    # Batches are cut from the memory map inside the loop, so the time that takes is all the waiting for data.
+    step_seconds = data_seconds = 0.0
+    with StopRequest() as stop:
 
         while step < last_update:
             t0 = time.perf_counter()
