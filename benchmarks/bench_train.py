@@ -177,13 +177,15 @@ def _finetune_loss(impl, model, ids, labels):
     return out.mc_loss + 0.5 * out.loss
 
 
-def run_child(args, impl: str, mode: str, dtype: str, batch: int, context: int) -> dict:
+def run_child(args, impl: str, mode: str, dtype: str, batch: int, context: int) -> dict | None:
+    """One measurement in a fresh process; None (and the error printed) if it failed, so that the others still run."""
     cmd = [sys.executable, __file__, "--child", "--impl", impl, "--mode", mode, "--dtype", dtype, "--batch",
            str(batch), "--context", str(context), "--preset", args.preset, "--steps", str(args.steps), "--warmup",
            str(args.warmup), "--threads", str(args.threads), "--device", args.device] + (["--compile"] if args.compile else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
-        raise SystemExit(f"{impl} {mode} {dtype} {batch}x{context} failed:\n{out.stderr[-2000:]}")
+        print(f"{impl} {mode} {dtype} {batch}x{context} failed:\n{out.stderr[-2000:]}", flush=True)
+        return None
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -226,13 +228,22 @@ def main() -> None:
             print(f"skipping bf16: a 256x256 bf16 matmul runs at {probe / 1e9:.2f} GFLOP/s on this machine "
                   "(no native bf16 matrix instructions)")
             continue
-        peaks[d] = matmul_flops(dtype, args.device)
+        peaks[d] = matmul_flops(dtype, args.device, n=8192 if args.device.startswith("cuda") else 2048)
     rows = []
+
+    def write() -> None:  # after every row, so that an interrupted run keeps what it measured
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"device": args.device, "threads": args.threads, "torch": torch.__version__,
+                                              "transformers": transformers.__version__, "preset": args.preset,
+                                              "compile": args.compile,
+                                              "matmul_flops_per_s": peaks, "rows": rows}, indent=2) + "\n")
+
     print(f"device {args.device}, {args.threads} threads, torch {torch.__version__}, transformers "
           f"{transformers.__version__}, preset {args.preset}")
     print("matmul peak: " + ", ".join(f"{d} {v / 1e9:.0f} GFLOP/s" for d, v in peaks.items()))
     header = f"{'mode':8s} {'dtype':5s} {'shape':7s} {'gpt1 tok/s':>11s} {'HF tok/s':>9s} {'ratio':>6s} " \
-             f"{'gpt1 MiB':>9s} {'HF MiB':>8s} {'mem':>5s} {'FLOP/s vs matmul':>17s} {'1st step s':>10s}"
+             f"{'gpt1 MiB':>9s} {'HF MiB':>8s} {'mem':>5s} {'FLOP/s vs matmul':>17s} {'1st step s':>10s}" \
+             + (f" {'MFU':>5s}" if args.peak_tflops else "")
     print(header)
     for mode in args.modes:
         for dtype in peaks:
@@ -242,6 +253,8 @@ def main() -> None:
             for batch, context in dict.fromkeys((b, min(c, config.n_positions)) for b, c in shapes):
                 ours = run_child(args, "gpt1", mode, dtype, batch, context)
                 peer = run_child(args, "hf", mode, dtype, batch, context)
+                if ours is None or peer is None:
+                    continue
                 # generation attends to a growing cache: its FLOP/s is left out (shown as 0)
                 flops = {"train": 1, "finetune": 1, "infer": 1 / 3, "generate": 0}[mode] * flops_per_token(config, context)
                 achieved = ours["tokens_per_s"] * flops
@@ -254,12 +267,9 @@ def main() -> None:
                 rows.append(row)
                 print(f"{mode:8s} {dtype:5s} {batch}x{context:<5d} {ours['tokens_per_s']:11.0f} "
                       f"{peer['tokens_per_s']:9.0f} {row['ratio']:6.2f} {ours['peak_mib']:9.0f} {peer['peak_mib']:8.0f} "
-                      f"{row['memory_ratio']:5.2f} {achieved / peaks[dtype]:16.0%} {ours['first_step_s']:10.1f}", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"device": args.device, "threads": args.threads, "torch": torch.__version__,
-                                          "transformers": transformers.__version__, "preset": args.preset,
-                                          "compile": args.compile,
-                                          "matmul_flops_per_s": peaks, "rows": rows}, indent=2) + "\n")
+                      f"{row['memory_ratio']:5.2f} {achieved / peaks[dtype]:16.0%} {ours['first_step_s']:10.1f}"
+                      + (f" {row['mfu']:5.1%}" if args.peak_tflops else ""), flush=True)
+                write()
     print(f"wrote {args.out}")
 
 

@@ -46,6 +46,8 @@ def generate(
         raise ValueError("the prompt is empty: give at least one token")
     tokens = tokens[:, -n_ctx:]
     dtype = next(model.parameters()).dtype
+    if torch.is_autocast_enabled(device.type):  # keys and values come out of the autocast matmuls
+        dtype = torch.get_autocast_dtype(device.type)
     cache = KVCache(model.config, num_samples, device=device, dtype=dtype)
     logits = model(tokens, cache)[:, -1]  # (S, V)
     out = []

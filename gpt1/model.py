@@ -223,9 +223,14 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             logits = F.linear(hc, weight).float()  # (n, V)
             valid = tc != ignore_index
             safe_t = tc.clamp(min=0)
-            lse = torch.logsumexp(logits, dim=-1)  # (n,)
-            total += ((lse - logits.gather(1, safe_t[:, None])[:, 0]) * valid).sum()
-            d_logits = torch.softmax(logits, dim=-1)  # d(sum of CE)/d(logits) = softmax - one_hot
+            target_logit = logits.gather(1, safe_t[:, None])[:, 0]  # (n,)
+            # Softmax in place: the chunk's logits are the only (n, V) tensor alive, and are read fewer times.
+            row_max = logits.amax(dim=-1, keepdim=True)  # (n, 1)
+            probs = logits.sub_(row_max).exp_()  # unnormalised
+            row_sum = probs.sum(dim=-1, keepdim=True)  # (n, 1)
+            lse = (row_max + row_sum.log())[:, 0]  # (n,)
+            total += ((lse - target_logit) * valid).sum()
+            d_logits = probs.div_(row_sum)  # d(sum of CE)/d(logits) = softmax - one_hot
             d_logits[torch.arange(len(tc), device=tc.device), safe_t] -= 1.0
             d_logits *= valid[:, None]
             grad_h[i : i + chunk_tokens] = d_logits @ weight  # (n, C)
