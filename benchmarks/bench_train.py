@@ -6,8 +6,9 @@ Modes, each against its peer from transformers:
   finetune  fine-tuning step: classifier head on the last token plus the auxiliary LM loss (lambda 0.5),
             vocabulary extended by the 3 fine-tuning tokens.  Peer: OpenAIGPTDoubleHeadsModel with one
             choice per example, HF's GPT-1 model for exactly this loss.
-  generate  sampling with the KV cache, top-k 40, NEW_TOKENS new tokens per sequence (fewer if the context
-            is shorter) after a prompt of the shape's length.            Peer: OpenAIGPTLMHeadModel.generate.
+  generate  sampling with the KV cache, top-k 40, --new-tokens new tokens per sequence (fewer if the context
+            is shorter) after a prompt of the shape's length.            Peer: OpenAIGPTLMHeadModel.generate,
+            which has no KV cache for GPT-1: it re-reads the whole sequence for every new token.
 
 Both models get the same weights, shapes, threads, dtype and dropout (the paper's 0.1 in training). The
 peer uses torch's AdamW at its fastest stock setting (fused where the device has it). Each measurement
@@ -34,7 +35,6 @@ import torch
 
 SHAPES = [(1, 512), (8, 128)]
 GENERATE_SHAPES = [(1, 32), (8, 32)]  # (sequences, prompt tokens)
-NEW_TOKENS = 128
 N_CLASSES = 2
 
 
@@ -116,7 +116,7 @@ def measure(args) -> dict:
     elif args.mode == "generate":
         model.eval()
         prompt = ids[:, : args.context]
-        new_tokens = min(NEW_TOKENS, config.n_positions - args.context)  # the peer cannot go past its context
+        new_tokens = min(args.new_tokens, config.n_positions - args.context)  # the peer cannot go past its context
         tokens = args.batch * new_tokens
 
         @torch.no_grad()
@@ -181,7 +181,7 @@ def run_child(args, impl: str, mode: str, dtype: str, batch: int, context: int) 
     """One measurement in a fresh process; None (and the error printed) if it failed, so that the others still run."""
     cmd = [sys.executable, __file__, "--child", "--impl", impl, "--mode", mode, "--dtype", dtype, "--batch",
            str(batch), "--context", str(context), "--preset", args.preset, "--steps", str(args.steps), "--warmup",
-           str(args.warmup), "--threads", str(args.threads), "--device", args.device] + (["--compile"] if args.compile else [])
+           str(args.warmup), "--threads", str(args.threads), "--device", args.device, "--new-tokens", str(args.new_tokens)] + (["--compile"] if args.compile else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         print(f"{impl} {mode} {dtype} {batch}x{context} failed:\n{out.stderr[-2000:]}", flush=True)
@@ -200,6 +200,7 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["train", "infer", "finetune", "generate"])
     parser.add_argument("--shapes", nargs="+", default=[f"{b}x{t}" for b, t in SHAPES],
                         help="BATCHxCONTEXT for train/infer/finetune (default %(default)s)")
+    parser.add_argument("--new-tokens", type=int, default=128, help="generate: new tokens per sequence")
     parser.add_argument("--compile", action="store_true", help="torch.compile gpt1's model (not the peer's)")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="GPU: the card's dense bf16 peak, for MFU")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
@@ -235,7 +236,7 @@ def main() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"device": args.device, "threads": args.threads, "torch": torch.__version__,
                                               "transformers": transformers.__version__, "preset": args.preset,
-                                              "compile": args.compile,
+                                              "compile": args.compile, "new_tokens": args.new_tokens,
                                               "matmul_flops_per_s": peaks, "rows": rows}, indent=2) + "\n")
 
     print(f"device {args.device}, {args.threads} threads, torch {torch.__version__}, transformers "
