@@ -1,0 +1,30 @@
+"""The benchmark scripts run end to end on a tiny model and write what they print (speed is not asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_bench_train_measures_every_mode_against_the_peer(tmp_path):
+    out = tmp_path / "train.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--preset", "test", "--steps", "1",
+           "--warmup", "1", "--threads", "1", "--device", "cpu", "--dtypes", "fp32", "--shapes", "2x16",
+           "--new-tokens", "4", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = {(r["mode"], r["batch"], r["context"]): r for r in report["rows"]}
+    assert set(rows) == {("train", 2, 16), ("infer", 2, 16), ("finetune", 2, 16), ("generate", 1, 16),
+                         ("generate", 8, 16)}  # generation prompts are a quarter of the test preset's 64
+    assert report["new_tokens"] == 4
+    for row in rows.values():
+        for impl in ("gpt1", "hf"):
+            assert row[impl]["tokens_per_s"] > 0 and row[impl]["peak_mib"] > 0
+        assert row["ratio"] == pytest.approx(row["gpt1"]["tokens_per_s"] / row["hf"]["tokens_per_s"])
+    assert "failed" not in result.stdout
