@@ -181,7 +181,8 @@ def run_child(args, impl: str, mode: str, dtype: str, batch: int, context: int) 
     """One measurement in a fresh process; None (and the error printed) if it failed, so that the others still run."""
     cmd = [sys.executable, __file__, "--child", "--impl", impl, "--mode", mode, "--dtype", dtype, "--batch",
            str(batch), "--context", str(context), "--preset", args.preset, "--steps", str(args.steps), "--warmup",
-           str(args.warmup), "--threads", str(args.threads), "--device", args.device, "--new-tokens", str(args.new_tokens)] + (["--compile"] if args.compile else [])
+           str(args.warmup), "--threads", str(args.threads), "--device", args.device,
+           "--new-tokens", str(args.new_tokens)] + (["--compile"] if args.compile else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         print(f"{impl} {mode} {dtype} {batch}x{context} failed:\n{out.stderr[-2000:]}", flush=True)
