@@ -96,12 +96,17 @@ def headline(row: dict) -> str:
     return " / ".join(f"{100 * row['dev_' + m]:.1f}" for m in metrics)
 
 
+def _paper_order(name: str) -> int:
+    """Position of a setting or task in SETTINGS / TASK_PLANS (the paper's order); unknown names last."""
+    order = [*SETTINGS, *TASK_PLANS]
+    return order.index(name) if name in order else len(order)
+
+
 def finished_rows(out: Path) -> list[dict]:
     """The rows of every finished run under `out`, in TASK_PLANS and SETTINGS order, whichever invocation
     made them (several can share one folder, e.g. one per setting in parallel)."""
     rows = [json.loads(p.read_text(encoding="utf-8")) for p in out.glob("*/*/report.json")]
-    rank = {name: i for i, name in enumerate([*SETTINGS, *TASK_PLANS])}
-    return sorted(rows, key=lambda r: (rank.get(r["setting"], len(rank)), rank.get(r["task"], len(rank))))
+    return sorted(rows, key=lambda r: (_paper_order(r["setting"]), _paper_order(r["task"])))
 
 
 def write_table(rows: list[dict], out: Path) -> str:
@@ -112,9 +117,8 @@ def write_table(rows: list[dict], out: Path) -> str:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    rank = {name: i for i, name in enumerate([*SETTINGS, *TASK_PLANS])}
-    tasks = sorted({row["task"] for row in rows}, key=lambda t: rank.get(t, len(rank)))
-    settings = sorted({row["setting"] for row in rows}, key=lambda s: rank.get(s, len(rank)))
+    tasks = sorted({row["task"] for row in rows}, key=_paper_order)
+    settings = sorted({row["setting"] for row in rows}, key=_paper_order)
     cell = {(row["setting"], row["task"]): headline(row) for row in rows}
     lines = ["| setting | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
     lines += ["| " + s + " | " + " | ".join(cell.get((s, t), "") for t in tasks) + " |" for s in settings]
