@@ -14,16 +14,19 @@ tokenizer.json) follows Hugging Face; `False` gives the original order and no `<
 Per text, each step matching the reference exactly:
 1. lowercase character by character (as the reference's regex does: no final-sigma rule), split on `<unk>`;
 2. per piece: `ftfy.fix_text`, `standardize`, spaCy's rule-based English tokenizer (blank pipeline);
-3. per spaCy token: `str.lower`, then BPE: merge the adjacent pair of lowest rank until none is in the table;
-   the symbols are joined with spaces and split again, so a token holding a space yields `<unk>` pieces,
-   and the reference's special case maps the whitespace token `"\\n "` to `"\\n</w>"`.
+3. per spaCy token: `str.lower`, then BPE: merge the adjacent pair of lowest rank until none is in the table.
+   The reference joins the symbols with spaces and splits them again, which matters only for spaCy's
+   whitespace token `"\\n "` (after standardisation the only token holding a space): its special case maps
+   it to `"\\n</w>"`.
 Pieces missing from the encoder become `<unk>` (id 0). A merges file's last line is ignored, as by the
 reference (it is empty when the file ends with a newline, as the release and `save` do).
 
-Speed, all exact: ftfy is skipped for printable ASCII without `&` (see `_FTFY_NOOP`); standardisation splits
-once instead of running four substitutions; spaCy runs once per distinct space-separated span, not per text
-(`Tokenizer._add_spans` says why that is exact and when it falls back to the whole text), with its lexical
-attributes switched off; the ids of every distinct span and token are cached. `encode_batch` adds processes.
+Speed, all exact: ftfy runs only on lines holding a character outside `_FTFY_PLAIN` or mojibake by ftfy's own
+test (`_fix_line`); standardisation splits once instead of running four substitutions; spaCy runs once per
+distinct space-separated span, not per text (`Tokenizer._add_spans` says why that is exact and when it falls
+back to the whole text), and not at all for spans of ASCII letters, with its lexical attributes switched off;
+BPE is the Rust implementation of `tokenizers`; the ids of every distinct span and token are cached.
+`encode_batch` adds processes.
 """
 
 from __future__ import annotations
@@ -37,12 +40,15 @@ import time
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from itertools import accumulate, repeat
+from itertools import accumulate
 from pathlib import Path
 
 import ftfy
+from ftfy.badness import is_bad
+from ftfy.fixes import uncurl_quotes
 from spacy.attrs import IDX, ORTH
 from spacy.lang.en import English
+from tokenizers.models import BPE
 from tqdm import tqdm
 
 from .errors import UserError
@@ -66,6 +72,16 @@ _PUNCT_RUNS = re.compile(r'(([-~!";?+,)(\\/*\[\]}{|_])\2*)')
 # and terminal-escape removal need characters below 0x20 other than tab/newline or 0x7F, and the remaining
 # fixers (C1 controls, ligatures, width, quotes, surrogates, NFC) only touch non-ASCII characters.
 _FTFY_NOOP = re.compile(r"[\t\n\x20-\x25\x27-\x7e]*")
+# The same plus Latin letters and general punctuation that, of all ftfy's fixers, only two can change: quote
+# uncurling (U+2018-201F) and mojibake repair, which acts only where ftfy's own `is_bad` finds mojibake.
+# Excluded: the soft hyphen and bidi controls (format characters), U+2028/2029 (line breaks) and the Latin
+# ligatures (Ĳ ĳ ŉ Ǆ-ǌ Ǳ-ǳ). Every character here is NFC-stable and combines with nothing.
+_FTFY_PLAIN = re.compile(
+    "[\t\n\x20-\x25\x27-\x7e\u00a0-\u00ac\u00ae-\u0131\u0134-\u0148\u014a-\u01c3\u01cd-\u01f0"
+    "\u01f4-\u024f\u2010-\u2027\u2030-\u205e]*"
+)
+# fix_text fixes lines longer than this in several segments.
+_FTFY_SEGMENT = ftfy.TextFixerConfig().max_decode_length
 
 # encode_batch hands the forked workers the tokenizer and the texts through these globals (no pickling).
 _WORKER_TOKENIZER: Tokenizer | None = None
@@ -73,7 +89,6 @@ _WORKER_TEXTS: Sequence[str] = ()
 # Below this many characters a batch is encoded in-process: starting workers costs more than it saves.
 _MIN_PARALLEL_CHARS = 200_000
 _CHUNK_CHARS = 100_000
-_NO_RANK = float("inf")
 
 
 def standardize(text: str) -> str:
@@ -113,19 +128,36 @@ def _standard_spans(text: str) -> list[str]:
 
 
 def _fix_text(text: str) -> str:
-    """`ftfy.fix_text(text)`, calling ftfy only for the lines that can change.
+    """`ftfy.fix_text(text)`, line by line with `_fix_line`.
 
     fix_text fixes each line (with its newline) on its own; the only state carried from line to line is that
     a line containing '<' turns HTML unescaping off for the rest, so texts with '<' go to ftfy whole."""
     if _FTFY_NOOP.fullmatch(text):
         return text
-    if "<" in text or "\n" not in text:
+    if "<" in text:
         return ftfy.fix_text(text)
+    if "\n" not in text:
+        return _fix_line(text)
     lines = text.split("\n")
     last = lines.pop()
-    out = [line + "\n" if _FTFY_NOOP.fullmatch(line) else ftfy.fix_text(line + "\n") for line in lines]
-    out.append(last if _FTFY_NOOP.fullmatch(last) else ftfy.fix_text(last))
+    out = [_fix_line(line + "\n") for line in lines]
+    out.append(_fix_line(last))
     return "".join(out)
+
+
+def _fix_line(line: str) -> str:
+    """`ftfy.fix_text(line)` for a line without '<', calling ftfy only where more than quotes can change.
+
+    For a line of `_FTFY_PLAIN` characters, fix_text's loop reduces to: leave the text alone if `is_bad`
+    finds no mojibake, uncurl the quotes, and stop once a pass changes nothing (decided by `is_bad` again,
+    except for ASCII, which mojibake repair leaves alone)."""
+    if _FTFY_NOOP.fullmatch(line):
+        return line
+    if len(line) <= _FTFY_SEGMENT and _FTFY_PLAIN.fullmatch(line) and not is_bad(line):
+        uncurled = uncurl_quotes(line)
+        if uncurled == line or uncurled.isascii() or not is_bad(uncurled):
+            return uncurled
+    return ftfy.fix_text(line)
 
 
 def _lower_each_char(text: str) -> str:
@@ -142,8 +174,9 @@ class Tokenizer:
     def __init__(self, encoder: dict[str, int], merges: Sequence[tuple[str, str]], lowercase_first: bool = True):
         self.encoder = dict(encoder)
         self.merges = [tuple(m) for m in merges]
-        # A repeated merge keeps its last rank, as in the reference's dict(zip(merges, ranks)).
-        self.bpe_ranks = {m: i for i, m in enumerate(self.merges)}
+        # The reference's BPE (merge the adjacent pair of lowest rank everywhere, until none is left; a repeated
+        # merge keeps its last rank) in Rust, with the same ids on every word tested (tests/test_tokenizer.py).
+        self._bpe = BPE(vocab=self.encoder, merges=self.merges, unk_token=UNK, end_of_word_suffix=EOW)
         self.lowercase_first = lowercase_first
         self.vocab_size = len(self.encoder)
         self.start_id = self.vocab_size
@@ -160,9 +193,10 @@ class Tokenizer:
         # only ORTH, so skip them. Splitting does not depend on them (prefix/suffix/infix rules are regexes).
         self._spacy.vocab.lex_attr_getters = {}
         self._strings = self._spacy.vocab.strings
+        self._special_cases = set(self._spacy.rules)
         self._unmatched, self._cross_pairs, self._may_match = _special_case_tools(self._spacy)
-        self._token_cache: dict[int, list[int]] = {}
-        self._span_cache: dict[str, tuple[list[int], str | None, str | None]] = {}
+        self._token_cache: dict[str, list[int]] = {}
+        self._span_cache: dict[str, tuple[list[int], str | None, str | None, bool]] = {}
 
     # ---------------------------------------------------------------- encoding
     def encode(self, text: str) -> list[int]:
@@ -182,73 +216,90 @@ class Tokenizer:
         spans = _standard_spans(_fix_text(text))
         cache, cross_pairs = self._span_cache, self._cross_pairs
         ids: list[int] = []
-        tail = None
+        left = (None, None, None, False)
         for k, span in enumerate(spans):
             entry = cache.get(span)
             if entry is None:
                 self._add_spans(spans[k:])
                 entry = cache[span]
-            if tail is not None and entry[1] is not None and (tail, entry[1]) in cross_pairs:
+            if ((left[3] or entry[3]) and left[2] is not None and entry[1] is not None
+                    and (left[2], entry[1]) in cross_pairs):
                 return self._encode_doc(" ".join(spans))
             ids += entry[0]
-            tail = entry[2]
+            left = entry
         return ids
 
     def _add_spans(self, spans: list[str]) -> None:
-        """Cache, for each new space-free span, its ids as spaCy tokenizes it alone, and its first/last token
-        before special-case matching when those could join a multi-token special case across a space.
+        """Cache, for each new space-free span, its ids as spaCy tokenizes it alone; its first/last token
+        before special-case matching when those could join a multi-token special case across a space; and
+        whether the matching pass re-splits it.
 
         spaCy splits a text at spaces and tokenizes each span on its own (its cache is keyed by span), so
         a text's tokens are its spans' tokens, except for one pass: a phrase matcher over the whole text that
         re-splits multi-token special cases ("10a.m." -> "10", "a.m."). A match across a space never re-splits
         (the matched text contains a space, which no special case does), but it can win over an overlapping
-        match inside a span. `_encode_piece` therefore falls back to the whole text whenever two neighbouring
-        spans end and start with tokens that are adjacent in some special case; otherwise the two agree."""
+        match inside a span, which then stays as it was before matching. That changes a span's tokens only if
+        the pass re-splits it. `_encode_piece` therefore falls back to the whole text when two neighbouring
+        spans end and start with tokens that are adjacent in some special case and one of them is re-split
+        ("it 's" stays cached: neither is); otherwise the two agree."""
         new = [s for s in dict.fromkeys(spans) if s not in self._span_cache]
         if "\n" in new:  # in a text, spaCy's whitespace token "\n ", which no special case contains
             new.remove("\n")
-            self._span_cache["\n"] = (self._token_ids("\n "), None, None)
-        # Tokens before the matching pass differ from the final ones only where a special case is inside.
-        matchable = [s for s in new if self._may_match(s)]
-        before = dict(zip(matchable, _tokenize_apart(self._unmatched, matchable)))
+            self._span_cache["\n"] = (self._word_ids("\n "), None, None, False)
         heads, tails, strings = self._cross_pairs.heads, self._cross_pairs.tails, self._strings
-        for span, orths in zip(new, _tokenize_apart(self._spacy, new)):
+        parsed = []
+        for span in new:
+            tokens = self._letter_tokens(span)
+            if tokens is None:
+                parsed.append(span)
+                continue
+            ids = self._word_ids(tokens[0]) + self._word_ids(tokens[1]) if len(tokens) == 2 else self._word_ids(span)
+            self._span_cache[span] = (ids, tokens[0] if tokens[0] in heads else None,
+                                      tokens[-1] if tokens[-1] in tails else None, False)
+        # Tokens before the matching pass differ from the final ones only where a special case is inside.
+        matchable = [s for s in parsed if self._may_match(s)]
+        before = dict(zip(matchable, _tokenize_apart(self._unmatched, matchable)))
+        for span, orths in zip(parsed, _tokenize_apart(self._spacy, parsed)):
             unmatched = before.get(span, orths)
             head, tail = strings[unmatched[0]], strings[unmatched[-1]]
-            self._span_cache[span] = (
-                self._orths_to_ids(orths), head if head in heads else None, tail if tail in tails else None
-            )
+            self._span_cache[span] = (self._orths_to_ids(orths), head if head in heads else None,
+                                      tail if tail in tails else None, unmatched != orths)
+
+    def _letter_tokens(self, span: str) -> list[str] | None:
+        """spaCy's tokens for the commonest spans, found without spaCy: ASCII letters, optionally followed by
+        a period after a lowercase letter ("odd."), when neither the span nor its letters are a special case
+        ("cannot", "mr."). None for any other span.
+
+        No prefix, suffix or infix rule of spaCy's English tokenizer matches an ASCII letter, and the one
+        suffix rule matching such a span splits the period off after a lowercase letter. The matching pass
+        re-splits only the token sequences that spell a special case (here: the span or its letters)."""
+        letters = span[:-1] if span[-1] == "." and len(span) > 1 and span[-2].islower() else span
+        if not (letters.isalpha() and letters.isascii()) or span in self._special_cases:
+            return None
+        if letters is span:
+            return [span]
+        return None if letters in self._special_cases else [letters, "."]
 
     def _encode_doc(self, standardized: str) -> list[int]:
         return self._orths_to_ids(self._spacy(standardized).to_array(ORTH).tolist())
 
     def _orths_to_ids(self, orths: list[int]) -> list[int]:
-        cache = self._token_cache
+        strings = self._strings
         ids: list[int] = []
         for orth in orths:
-            token_ids = cache.get(orth)
-            if token_ids is None:
-                token_ids = cache[orth] = self._token_ids(self._strings[orth])
-            ids += token_ids
+            ids += self._word_ids(strings[orth])
+        return ids
+
+    def _word_ids(self, token: str) -> list[int]:
+        ids = self._token_cache.get(token)
+        if ids is None:
+            ids = self._token_cache[token] = self._token_ids(token)
         return ids
 
     def _token_ids(self, token: str) -> list[int]:
-        pieces = " ".join(self._bpe(token.lower()))
-        if pieces == "\n  " + EOW:  # the reference's fix for spaCy's whitespace token "\n "
-            pieces = NEWLINE
-        return [self.encoder.get(p, self.unk_id) for p in pieces.split(" ")]
-
-    def _bpe(self, word: str) -> list[str]:
-        symbols = list(word[:-1]) + [word[-1] + EOW]
-        get_rank = self.bpe_ranks.get
-        while len(symbols) > 1:
-            pairs = list(zip(symbols, symbols[1:]))
-            ranks = list(map(get_rank, pairs, repeat(_NO_RANK)))
-            best = min(ranks)
-            if best == _NO_RANK:
-                break
-            symbols = _merge(symbols, pairs[ranks.index(best)])
-        return symbols
+        if token == "\n ":  # spaCy's whitespace token, the only token holding a space: the reference's fix
+            return [self.newline_id]
+        return [piece.id for piece in self._bpe.tokenize(token.lower())]
 
     def encode_batch(
         self, texts: Sequence[str], workers: int | None = None, progress: bool = False, desc: str = "encode"
@@ -463,12 +514,10 @@ def _parse_merges(path: Path) -> list[tuple[str, str]]:
     if not lines[0].startswith("#version"):
         raise UserError(f"{path}: line 1 must be the '#version: 0.2' header, found {lines[0][:40]!r}")
     # The reference drops the last line: empty when the file ends with a newline, else the last merge.
-    merges = []
-    for number, line in enumerate(lines[1:-1], start=2):
-        pair = line.split()
+    merges = [tuple(line.split()) for line in lines[1:-1]]
+    for number, pair in enumerate(merges, start=2):
         if len(pair) != 2:
-            raise UserError(f"{path}: line {number} is not two symbols separated by a space: {line[:60]!r}")
-        merges.append((pair[0], pair[1]))
+            raise UserError(f"{path}: line {number} is not two symbols separated by a space: {lines[number - 1][:60]!r}")
     return merges
 
 
@@ -493,9 +542,10 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
             raise UserError(f"{encoder_path}: the vocabulary lacks the token {required!r}")
 
     merges = _parse_merges(merges_path)
-    for number, (a, b) in enumerate(merges, start=2):
-        if a + b not in encoder:
-            raise UserError(f"{merges_path}: line {number}: merge result {a + b!r} is not in {encoder_path.name}")
+    symbols = {symbol for a, b in merges for symbol in (a, b, a + b)}
+    if not symbols <= encoder.keys():
+        number, symbol = next((n, s) for n, (a, b) in enumerate(merges, 2) for s in (a, b, a + b) if s not in encoder)
+        raise UserError(f"{merges_path}: line {number}: {symbol!r} is not in {encoder_path.name}")
 
     lowercase_first = True
     settings_path = directory / SETTINGS_FILE

@@ -55,7 +55,7 @@ def test_sizes_and_special_ids(tok):
     assert (tok.start_id, tok.delimiter_id, tok.extract_id) == (40478, 40479, 40480)
     assert tok.n_vocab_with_specials == 40481
     assert tok.newline_id == tok.encoder["\n</w>"] == 40477
-    assert len(tok.bpe_ranks) == 40000 and tok.bpe_ranks[("t", "h")] == 0
+    assert len(tok.merges) == 40000 and tok.merges[0] == ("t", "h")
     ids = [tok.start_id, *tok.encode("yes"), tok.delimiter_id, *tok.encode("no"), tok.extract_id]
     assert tok.decode(ids) == "<start> yes <delim> no <extract>"
     with pytest.raises(ValueError, match="40481"):
@@ -119,6 +119,22 @@ def test_special_case_across_a_space_falls_back_to_the_whole_text(tok, hf):
     assert unguarded.encode(text) != hf_ids(hf, text)
 
 
+def test_cross_space_special_cases_against_hugging_face(tok, hf, monkeypatch):
+    """Random texts of spans that start, end or contain special cases. The whole-text fallback runs only where
+    a neighbouring span is re-split by spaCy's matching pass, never for "it 's"."""
+    pieces = ["it", "'s", "that", "o", ":", ":>", "o:>", "(", ")", "<", "-p", "p", "10a.m.", "a.m.", "a", ".", "m.",
+              "10", "'", "em", "'em", ":-)", "d", "x", "-", "_", "cent.", "o'clock", "u.s.", "mr.", "st", "e.g.",
+              "<3", "3", "=", "''", "``", "c'm", "on", "'cause", "ca", "n't", "y'", "all", "i", "'m", "-_-"]
+    rng = random.Random(0)
+    fresh = Tokenizer(tok.encoder, tok.merges)
+    for _ in range(2000):
+        text = rng.choice(["", " "]).join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
+        text = " ".join(rng.choice(pieces) for _ in range(rng.randint(0, 3))) + " " + text
+        assert fresh.encode(text) == hf_ids(hf, text), repr(text)
+    monkeypatch.setattr(fresh, "_encode_doc", None)  # any fallback would now raise
+    assert fresh.encode("it 's what 's there") == hf_ids(hf, "it 's what 's there")
+
+
 def test_save_reproduces_the_release_byte_for_byte(tok, tmp_path):
     tok.save(tmp_path)
     for name in ["encoder_bpe_40000.json", "vocab_40000.bpe"]:
@@ -160,6 +176,69 @@ def test_ftfy_shortcut_is_exact():
     for _ in range(3000):
         text = "\n".join(rng.choice(lines) for _ in range(rng.randint(1, 6)))
         assert tokmod._fix_text(text) == ftfy.fix_text(text), repr(text)
+
+
+def test_ftfy_plain_characters_are_left_alone_by_every_other_fixer():
+    """The property `_fix_line` relies on: of ftfy's fixers, only quote uncurling and mojibake repair can change
+    a `_FTFY_PLAIN` character, and each is NFC-stable and not combining."""
+    import unicodedata
+
+    from ftfy import fixes
+
+    others = ["unescape_html", "fix_c1_controls", "fix_latin_ligatures", "fix_character_width", "fix_line_breaks",
+              "fix_surrogates", "remove_terminal_escapes", "remove_control_chars"]
+    plain = [chr(c) for c in range(0x3000) if tokmod._FTFY_PLAIN.fullmatch(chr(c))]
+    assert len(plain) > 500
+    for c in plain:
+        text = "a" + c + "b"
+        assert [f for f in others if getattr(fixes, f)(text) != text] == [], hex(ord(c))
+        assert unicodedata.normalize("NFC", text) == text and not unicodedata.combining(c), hex(ord(c))
+
+
+def test_ftfy_line_shortcut_equals_ftfy():
+    """Random lines of plain characters, curly quotes and mojibake: `_fix_line` is `ftfy.fix_text`, and takes
+    the shortcut for most of them."""
+    rng = random.Random(0)
+    pieces = ["word", " ", "“", "”", "‘", "’", "—", "–", "…", "é", "ñ", "Ã©", "â€™", "â€œ", "Â", "Ã", "\xa0", "£",
+              "œ", "ł", "ŉ", "Ĳ", "\u2028", "&amp;", "x\r", "ﬁ", ".", "'", "\x9d", "¿", "¡", "×", "²"]
+    shortcut = 0
+    for _ in range(5000):
+        line = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        assert tokmod._fix_line(line) == ftfy.fix_text(line), repr(line)
+        shortcut += bool(tokmod._FTFY_PLAIN.fullmatch(line)) and not ftfy.badness.is_bad(line)
+    assert shortcut > 500
+
+
+@needs_vocab
+def test_letter_spans_skip_spacy_with_spacys_tokens(tok):
+    """`_letter_tokens` agrees with spaCy on every word of the vocabulary in lower, title and upper case, with
+    and without a final period, and on the special cases, whose spans it leaves to spaCy."""
+    words = {t.removesuffix("</w>") for t in tok.encoder}
+    words = {w for w in words if w.isascii() and w.isalpha()} | {"cannot", "mr", "st", "dont", "a", "i"}
+    spans = sorted({v for w in words for c in (w, w.title(), w.upper()) for v in (c, c + ".")})
+    assert len(spans) > 100_000
+    spacy_tokens = tokmod._tokenize_apart(tok._spacy, spans)
+    shortcut = 0
+    for span, orths in zip(spans, spacy_tokens):
+        tokens = tok._letter_tokens(span)
+        if tokens is not None:
+            shortcut += 1
+            assert tokens == [tok._strings[o] for o in orths], span
+    assert tok._letter_tokens("mr.") == ["mr", "."]  # lowercase "mr." is no special case
+    assert tok._letter_tokens("cannot") is None and tok._letter_tokens("Mr.") is None
+    assert tok._letter_tokens("A.") is None  # spaCy keeps a capital's period: "A."
+    assert shortcut > 0.75 * len(spans)  # not: capitals before a period, special cases
+
+
+@needs_vocab
+def test_bpe_equals_hugging_face_word_by_word(tok, hf):
+    """The Rust BPE against the reference's Python one on real words, words with characters outside the
+    vocabulary, and single characters."""
+    rng = random.Random(0)
+    words = [t.removesuffix("</w>") for t in rng.sample(sorted(tok.encoder), 5000)]
+    words += ["naïve", "日本語", "a☃b", "x", "é", "😀", "aaaa", "abababab", "'s", "1,000", "\t"]
+    for word in words:
+        assert tok._token_ids(word) == hf.convert_tokens_to_ids(hf.bpe(word).split(" ")), word
 
 
 def test_final_sigma_lowercased_per_character(tok, hf):
