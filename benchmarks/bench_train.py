@@ -11,7 +11,7 @@ Modes, each against its peer from transformers:
             which has no KV cache for GPT-1: it re-reads the whole sequence for every new token.
 
 Both models get the same weights, shapes, threads, dtype and dropout (the paper's 0.1 in training). The
-peer uses torch's AdamW at its fastest stock setting (fused where the device has it). Each measurement
+peer uses torch's AdamW at its fastest stock setting (fused), gpt1 its own (fused too). Each measurement
 runs in a fresh subprocess so that its peak memory (max RSS on CPU, max allocated on GPU) is its own.
 Prints tokens/s, peak memory and the ratio gpt1/peer; on CPU also the achieved FLOP/s against a large
 torch.matmul of the same dtype measured in the same run, on GPU the MFU against --peak-tflops.
@@ -96,11 +96,15 @@ def measure(args) -> dict:
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, config.vocab_size, (args.batch, args.context + 1), generator=gen).to(device)
-    fused = device.startswith("cuda") or hasattr(torch._C, "_fused_adamw_")  # fused CPU AdamW exists in torch >= 2.4
     tokens = args.batch * args.context
     if args.mode in ("train", "finetune"):
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=fused)
+        if args.impl == "gpt1":  # the product's optimizer: fused AdamW, no decay on biases and gains
+            from gpt1.pretrain import decoupled_adam
+
+            optimizer = decoupled_adam(model, lr=1e-4, weight_decay=0.01)
+        else:  # torch's fastest stock AdamW: fused (on CPU too, torch >= 2.4)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
         labels = torch.randint(0, N_CLASSES, (args.batch,), generator=gen).to(device)
         loss_of = _loss if args.mode == "train" else _finetune_loss
         if compile_gpt1:
@@ -152,11 +156,29 @@ def measure(args) -> dict:
         _sync(device)
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
+    if args.profile and args.impl == "gpt1":
+        _profile(step, device, Path(args.profile) / f"{args.mode}-{args.dtype}-{args.batch}x{args.context}"
+                 f"{'-compile' if args.compile else ''}.txt")
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
     return {"tokens_per_s": tokens / median, "step_s": median, "peak_mib": peak, "first_step_s": first_step}
+
+
+def _profile(step, device: str, path: Path) -> None:
+    """One more step under torch.profiler; its operators by own time (device time on GPU) go to `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        step()
+        _sync(device)
+    key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    table = prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=40, max_name_column_width=50,
+                                                               max_shapes_column_width=80)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table + "\n")
 
 
 def _loss(impl, model, ids, labels=None):
@@ -182,7 +204,8 @@ def run_child(args, impl: str, mode: str, dtype: str, batch: int, context: int) 
     cmd = [sys.executable, __file__, "--child", "--impl", impl, "--mode", mode, "--dtype", dtype, "--batch",
            str(batch), "--context", str(context), "--preset", args.preset, "--steps", str(args.steps), "--warmup",
            str(args.warmup), "--threads", str(args.threads), "--device", args.device,
-           "--new-tokens", str(args.new_tokens)] + (["--compile"] if args.compile else [])
+           "--new-tokens", str(args.new_tokens)] + (["--compile"] if args.compile else []) \
+        + (["--profile", args.profile] if args.profile else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         print(f"{impl} {mode} {dtype} {batch}x{context} failed:\n{out.stderr[-2000:]}", flush=True)
@@ -203,6 +226,8 @@ def main() -> None:
                         help="BATCHxCONTEXT for train/infer/finetune (default %(default)s)")
     parser.add_argument("--new-tokens", type=int, default=128, help="generate: new tokens per sequence")
     parser.add_argument("--compile", action="store_true", help="torch.compile gpt1's model (not the peer's)")
+    parser.add_argument("--profile", metavar="DIR", help="also profile one gpt1 step per row: an operator table "
+                        "(own time, input shapes) per row in DIR")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="GPU: the card's dense bf16 peak, for MFU")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -15,7 +15,7 @@ def test_bench_train_measures_every_mode_against_the_peer(tmp_path):
     out = tmp_path / "train.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--preset", "test", "--steps", "1",
            "--warmup", "1", "--threads", "1", "--device", "cpu", "--dtypes", "fp32", "--shapes", "2x16",
-           "--new-tokens", "4", "--out", str(out)]
+           "--new-tokens", "4", "--out", str(out), "--profile", str(tmp_path / "profiles")]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
@@ -28,3 +28,7 @@ def test_bench_train_measures_every_mode_against_the_peer(tmp_path):
             assert row[impl]["tokens_per_s"] > 0 and row[impl]["peak_mib"] > 0
         assert row["ratio"] == pytest.approx(row["gpt1"]["tokens_per_s"] / row["hf"]["tokens_per_s"])
     assert "failed" not in result.stdout
+    profiles = {p.name: p.read_text() for p in (tmp_path / "profiles").iterdir()}
+    assert set(profiles) == {"train-fp32-2x16.txt", "infer-fp32-2x16.txt", "finetune-fp32-2x16.txt",
+                             "generate-fp32-1x16.txt", "generate-fp32-8x16.txt"}
+    assert all("aten::" in table for table in profiles.values())
