@@ -213,6 +213,26 @@ def run_child(args, impl: str, mode: str, dtype: str, batch: int, context: int) 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def run_pair(args, mode: str, dtype: str, batch: int, context: int) -> tuple[dict | None, dict | None]:
+    """gpt1's and the peer's measurement, each `--repeats` times in the order gpt1, peer, peer, gpt1, ... so that
+    a machine slowing down or speeding up over the run favours neither; per implementation the run with the
+    median tokens/s is kept (all tokens/s are in `tokens_per_s_runs`)."""
+    runs: dict[str, list[dict]] = {"gpt1": [], "hf": []}
+    for r in range(args.repeats):
+        for impl in ("gpt1", "hf") if r % 2 == 0 else ("hf", "gpt1"):
+            result = run_child(args, impl, mode, dtype, batch, context)
+            if result is None:
+                return None, None
+            runs[impl].append(result)
+    kept = []
+    for impl in ("gpt1", "hf"):
+        ordered = sorted(runs[impl], key=lambda result: result["tokens_per_s"])
+        median = dict(ordered[(len(ordered) - 1) // 2])
+        median["tokens_per_s_runs"] = [result["tokens_per_s"] for result in runs[impl]]
+        kept.append(median)
+    return kept[0], kept[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="gpt1")
@@ -224,6 +244,9 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["train", "infer", "finetune", "generate"])
     parser.add_argument("--shapes", nargs="+", default=[f"{b}x{t}" for b, t in SHAPES],
                         help="BATCHxCONTEXT for train/infer/finetune (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=1, help="measure each implementation this many times, "
+                        "alternating (gpt1, peer, peer, gpt1, ...), and keep the median run, the slower middle "
+                        "one of an even count (default %(default)s)")
     parser.add_argument("--new-tokens", type=int, default=128, help="generate: new tokens per sequence")
     parser.add_argument("--compile", action="store_true", help="torch.compile gpt1's model (not the peer's)")
     parser.add_argument("--profile", metavar="DIR", help="also profile one gpt1 step per row: an operator table "
@@ -278,8 +301,7 @@ def main() -> None:
             if mode == "generate":
                 shapes = [(b, min(c, config.n_positions // 4)) for b, c in GENERATE_SHAPES]
             for batch, context in dict.fromkeys((b, min(c, config.n_positions)) for b, c in shapes):
-                ours = run_child(args, "gpt1", mode, dtype, batch, context)
-                peer = run_child(args, "hf", mode, dtype, batch, context)
+                ours, peer = run_pair(args, mode, dtype, batch, context)
                 if ours is None or peer is None:
                     continue
                 # generation attends to a growing cache: its FLOP/s is left out (shown as 0)
