@@ -241,7 +241,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_total, grad_w * grad_total, None, None, None
+        # Scaled in place: a second (V, C) tensor would raise the step's peak memory by its 124 MB (GPT-1).
+        # A second backward through the same graph then fails autograd's check that saved tensors are unchanged.
+        return grad_h.mul_(grad_total), grad_w.mul_(grad_total), None, None, None
 
 
 def count_parameters_formula(config: GPTConfig) -> int:

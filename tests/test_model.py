@@ -156,6 +156,17 @@ def test_chunked_loss_matches_full_cross_entropy_and_its_gradient():
         torch.testing.assert_close(lm_cross_entropy(h, model.tokens_embed.weight, targets, chunk_tokens=7), reference)
 
 
+def test_chunked_loss_refuses_a_second_backward_through_the_same_graph():
+    """Its gradients are scaled in place (one (V, C) tensor less at the peak): autograd must stop a second pass
+    instead of letting it scale them twice."""
+    model = GPT(GPTConfig(vocab_size=97, n_positions=8, n_embd=32, n_layer=1, n_head=4))
+    ids = torch.randint(0, 97, (2, 8))
+    loss = 0.5 * model.lm_loss(ids, ids.roll(-1, 1))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace operation"):
+        loss.backward()
+
+
 def test_loading_weights_of_another_shape_names_the_file(tmp_path):
     save_model(GPT(GPTConfig(vocab_size=97, n_positions=24, n_embd=32, n_layer=2, n_head=4)), tmp_path / "a")
     config = json.loads((tmp_path / "a" / "config.json").read_text())
