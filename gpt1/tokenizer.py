@@ -196,6 +196,7 @@ class Tokenizer:
         self._special_cases = set(self._spacy.rules)
         self._unmatched, self._cross_pairs, self._may_match = _special_case_tools(self._spacy)
         self._token_cache: dict[str, list[int]] = {}
+        # span -> (ids, head, tail, re-split by the matching pass): see `_add_spans`
         self._span_cache: dict[str, tuple[list[int], str | None, str | None, bool]] = {}
 
     # ---------------------------------------------------------------- encoding
@@ -253,7 +254,7 @@ class Tokenizer:
             if tokens is None:
                 parsed.append(span)
                 continue
-            ids = self._word_ids(tokens[0]) + self._word_ids(tokens[1]) if len(tokens) == 2 else self._word_ids(span)
+            ids = [i for token in tokens for i in self._word_ids(token)]
             self._span_cache[span] = (ids, tokens[0] if tokens[0] in heads else None,
                                       tokens[-1] if tokens[-1] in tails else None, False)
         # Tokens before the matching pass differ from the final ones only where a special case is inside.
@@ -268,7 +269,7 @@ class Tokenizer:
     def _letter_tokens(self, span: str) -> list[str] | None:
         """spaCy's tokens for the commonest spans, found without spaCy: ASCII letters, optionally followed by
         a period after a lowercase letter ("odd."), when neither the span nor its letters are a special case
-        ("cannot", "mr."). None for any other span.
+        ("cannot", "Mr."). None for any other span.
 
         No prefix, suffix or infix rule of spaCy's English tokenizer matches an ASCII letter, and the one
         suffix rule matching such a span splits the period off after a lowercase letter. The matching pass
