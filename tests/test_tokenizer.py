@@ -334,6 +334,11 @@ def test_error_merge_result_missing(tmp_path):
     expect_error(d, str(d / "vocab_1.bpe"), "line 3", "'ba'")
 
 
+def test_error_merge_symbol_missing(tmp_path):
+    d = write_vocab(tmp_path / "v", merges="#version: 0.2\na b</w>\nc ab</w>\n")
+    expect_error(d, str(d / "vocab_1.bpe"), "line 3", "'c'")
+
+
 def test_error_not_utf8(tmp_path):
     d = write_vocab(tmp_path / "v")
     (d / "vocab_1.bpe").write_bytes(b"#version: 0.2\na \xff\n")
