@@ -16,9 +16,9 @@ bench() { python3 benchmarks/bench_train.py --device cuda --peak-tflops $peak --
 bench --dtypes bf16 --modes train --shapes 8x512 32x512 --out "$out/gpu-train.json"
 # torch.compile of gpt1 (the peer stays eager); the first-step column is the compile time.
 bench --dtypes bf16 --modes train finetune --shapes 32x512 --compile --out "$out/gpu-compile.json"
-# The other modes, eager.
-bench --dtypes bf16 --modes finetune infer generate --shapes 32x512 --out "$out/gpu-modes.json"
-bench --dtypes fp32 --modes train --shapes 32x512 --out "$out/gpu-fp32.json"
 # Where the compiled step's time goes: one profiled gpt1 step, operator table in $out/profiles/.
 bench --dtypes bf16 --modes train --shapes 32x512 --compile --steps 3 --warmup 2 --profile "$out/profiles" \
     --out "$out/gpu-profile.json"
+# The other modes, eager.
+bench --dtypes bf16 --modes finetune infer generate --shapes 32x512 --out "$out/gpu-modes.json"
+bench --dtypes fp32 --modes train --shapes 32x512 --out "$out/gpu-fp32.json"
