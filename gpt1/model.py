@@ -241,8 +241,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total):
         grad_h, grad_w = ctx.saved_tensors
-        # Scaled in place: a second (V, C) tensor would raise the step's peak memory by its 124 MB (GPT-1).
-        # A second backward through the same graph then fails autograd's check that saved tensors are unchanged.
+        # Scaled in place, which spares a second (V, C) tensor (124 MB for GPT-1). A second backward through the
+        # same graph then fails autograd's check that saved tensors are unchanged, instead of scaling twice.
         return grad_h.mul_(grad_total), grad_w.mul_(grad_total), None, None, None
 
 
