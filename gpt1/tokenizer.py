@@ -518,7 +518,8 @@ def _parse_merges(path: Path) -> list[tuple[str, str]]:
     merges = [tuple(line.split()) for line in lines[1:-1]]
     for number, pair in enumerate(merges, start=2):
         if len(pair) != 2:
-            raise UserError(f"{path}: line {number} is not two symbols separated by a space: {lines[number - 1][:60]!r}")
+            line = lines[number - 1]
+            raise UserError(f"{path}: line {number} is not two symbols separated by a space: {line[:60]!r}")
     return merges
 
 
