@@ -26,11 +26,12 @@ test (`_fix_line`); standardisation splits once instead of running four substitu
 distinct space-separated span, not per text (`Tokenizer._add_spans` says why that is exact and when it falls
 back to the whole text), and not at all for spans of ASCII letters, with its lexical attributes switched off;
 BPE is the Rust implementation of `tokenizers`; the ids of every distinct span and token are cached.
-`encode_batch` adds processes.
+`encode_batch` adds processes and hands spaCy the new spans of ~100k characters of texts in one call.
 """
 
 from __future__ import annotations
 
+import gc
 import heapq
 import json
 import multiprocessing
@@ -40,7 +41,8 @@ import time
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from itertools import accumulate
+from contextlib import contextmanager
+from itertools import accumulate, chain
 from pathlib import Path
 
 import ftfy
@@ -80,6 +82,11 @@ _FTFY_PLAIN = re.compile(
     "[\t\n\x20-\x25\x27-\x7e\u00a0-\u00ac\u00ae-\u0131\u0134-\u0148\u014a-\u01c3\u01cd-\u01f0"
     "\u01f4-\u024f\u2010-\u2027\u2030-\u205e]*"
 )
+# The subset of `_FTFY_PLAIN` outside ASCII that ftfy's mojibake test `is_bad` cannot match alone: no-break
+# space, dashes, ellipsis and curly quotes (its categories "common", "start_punctuation", "end_punctuation"). Each
+# alternative of its pattern needs another non-ASCII character, so a line of these is never bad, and fix_text
+# only uncurls its quotes (tests/test_tokenizer.py checks every 3-character string of them and ASCII).
+_FTFY_QUOTES = re.compile("[\t\n\x20-\x25\x27-\x7e\u00a0\u2013-\u2015\u2018-\u201a\u201c-\u201e\u2026]*")
 # fix_text fixes lines longer than this in several segments.
 _FTFY_SEGMENT = ftfy.TextFixerConfig().max_decode_length
 
@@ -89,6 +96,8 @@ _WORKER_TEXTS: Sequence[str] = ()
 # Below this many characters a batch is encoded in-process: starting workers costs more than it saves.
 _MIN_PARALLEL_CHARS = 200_000
 _CHUNK_CHARS = 100_000
+# Stands for `<unk>` in a text's list of spans: no span holds a space.
+_UNK_SPAN = " "
 
 
 def standardize(text: str) -> str:
@@ -153,11 +162,27 @@ def _fix_line(line: str) -> str:
     except for ASCII, which mojibake repair leaves alone)."""
     if _FTFY_NOOP.fullmatch(line):
         return line
+    if len(line) <= _FTFY_SEGMENT and _FTFY_QUOTES.fullmatch(line):
+        return uncurl_quotes(line)
     if len(line) <= _FTFY_SEGMENT and _FTFY_PLAIN.fullmatch(line) and not is_bad(line):
         uncurled = uncurl_quotes(line)
         if uncurled == line or uncurled.isascii() or not is_bad(uncurled):
             return uncurled
     return ftfy.fix_text(line)
+
+
+@contextmanager
+def _gc_paused():
+    """Python's cyclic garbage collector off for the block. Encoding allocates many lists (ids, tokens, cache
+    entries) and creates no cycles; with the collector on, the full collections that these allocations
+    trigger re-scan every cached list, which took a fifth of the time of encoding a new corpus."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _lower_each_char(text: str) -> str:
@@ -196,42 +221,72 @@ class Tokenizer:
         self._special_cases = set(self._spacy.rules)
         self._unmatched, self._cross_pairs, self._may_match = _special_case_tools(self._spacy)
         self._token_cache: dict[str, list[int]] = {}
-        # span -> (ids, head, tail, re-split by the matching pass): see `_add_spans`
-        self._span_cache: dict[str, tuple[list[int], str | None, str | None, bool]] = {}
+        # Per distinct span (see `_add_spans`): its ids; its first/last token before special-case matching where
+        # that could join a multi-token special case across a space; whether the matching pass re-splits it.
+        self._span_ids: dict[str, list[int]] = {_UNK_SPAN: [self.unk_id]}
+        self._span_edges: dict[str, tuple[str | None, str | None]] = {}
+        self._resplit: set[str] = set()
 
     # ---------------------------------------------------------------- encoding
     def encode(self, text: str) -> list[int]:
         """Ids of `text` (no fine-tuning tokens added)."""
+        return self._encode_texts([text])[0]
+
+    def _encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
+        """Ids of each text: ftfy and standardisation per text, then the spans new to the cache, of all texts
+        together, through spaCy and BPE (`_add_spans`), then each text's ids from the cache."""
+        with _gc_paused():
+            texts_spans = [self._spans(text) for text in texts]
+            try:
+                return [self._cached_ids(spans) for spans in texts_spans]
+            except KeyError:  # some span is new
+                span_ids = self._span_ids
+                self._add_spans([s for s in dict.fromkeys(chain.from_iterable(texts_spans)) if s not in span_ids])
+                return [self._cached_ids(spans) for spans in texts_spans]
+
+    def _cached_ids(self, spans: list[str]) -> list[int]:
+        """Ids of a text's spans from the cache (KeyError for a span not in it), or from the whole text where
+        two spans could join across a space."""
+        if not self._resplit.isdisjoint(spans) and self._joins_across_space(spans):
+            return self._encode_whole(spans)
+        return list(chain.from_iterable(map(self._span_ids.__getitem__, spans)))
+
+    def _spans(self, text: str) -> list[str]:
+        """The space-free spans of the standardised text, `_UNK_SPAN` where the reference splits at `<unk>`."""
         if not self.lowercase_first:
-            return self._encode_piece(text)
-        ids: list[int] = []
+            return _standard_spans(_fix_text(text))
+        spans: list[str] = []
         for k, piece in enumerate(_lower_each_char(text).split(UNK)):
             if k:
-                ids.append(self.unk_id)
+                spans.append(_UNK_SPAN)
             if piece:
-                ids.extend(self._encode_piece(piece))
-        return ids
+                spans += _standard_spans(_fix_text(piece))
+        return spans
 
-    def _encode_piece(self, text: str) -> list[int]:
-        """One `<unk>`-free piece: ftfy, standardise, then spaCy span by span from a cache (see `_add_spans`)."""
-        spans = _standard_spans(_fix_text(text))
-        cache, cross_pairs = self._span_cache, self._cross_pairs
+    def _joins_across_space(self, spans: list[str]) -> bool:
+        """Whether two neighbouring spans, one of them re-split by spaCy's matching pass, end and start with
+        tokens that are adjacent in some special case (see `_add_spans`)."""
+        resplit, edges, cross_pairs = self._resplit, self._span_edges, self._cross_pairs
+        no_edges = (None, None)
+        return any((left in resplit or right in resplit)
+                   and (edges.get(left, no_edges)[1], edges.get(right, no_edges)[0]) in cross_pairs
+                   for left, right in zip(spans, spans[1:]))
+
+    def _encode_whole(self, spans: list[str]) -> list[int]:
+        """The reference's way: spaCy on each `<unk>`-free piece whole."""
         ids: list[int] = []
-        left = (None, None, None, False)
-        for k, span in enumerate(spans):
-            entry = cache.get(span)
-            if entry is None:
-                self._add_spans(spans[k:])
-                entry = cache[span]
-            if ((left[3] or entry[3]) and left[2] is not None and entry[1] is not None
-                    and (left[2], entry[1]) in cross_pairs):
-                return self._encode_doc(" ".join(spans))
-            ids += entry[0]
-            left = entry
+        ends = [k for k, span in enumerate(spans) if span == _UNK_SPAN] + [len(spans)]
+        start = 0
+        for end in ends:
+            if end > start:
+                ids += self._encode_doc(" ".join(spans[start:end]))
+            if end < len(spans):
+                ids.append(self.unk_id)
+            start = end + 1
         return ids
 
-    def _add_spans(self, spans: list[str]) -> None:
-        """Cache, for each new space-free span, its ids as spaCy tokenizes it alone; its first/last token
+    def _add_spans(self, new: list[str]) -> None:
+        """Cache, for each new space-free span (distinct, not `_UNK_SPAN`), its ids as spaCy tokenizes it alone; its first/last token
         before special-case matching when those could join a multi-token special case across a space; and
         whether the matching pass re-splits it.
 
@@ -240,31 +295,35 @@ class Tokenizer:
         re-splits multi-token special cases ("10a.m." -> "10", "a.m."). A match across a space never re-splits
         (the matched text contains a space, which no special case does), but it can win over an overlapping
         match inside a span, which then stays as it was before matching. That changes a span's tokens only if
-        the pass re-splits it. `_encode_piece` therefore falls back to the whole text when two neighbouring
+        the pass re-splits it. `_encode_texts` therefore falls back to the whole text when two neighbouring
         spans end and start with tokens that are adjacent in some special case and one of them is re-split
         ("it 's" stays cached: neither is); otherwise the two agree."""
-        new = [s for s in dict.fromkeys(spans) if s not in self._span_cache]
         if "\n" in new:  # in a text, spaCy's whitespace token "\n ", which no special case contains
-            new.remove("\n")
-            self._span_cache["\n"] = (self._word_ids("\n "), None, None, False)
-        heads, tails, strings = self._cross_pairs.heads, self._cross_pairs.tails, self._strings
+            new = [s for s in new if s != "\n"]
+            self._span_ids["\n"] = self._word_ids("\n ")
+        strings = self._strings
         parsed = []
         for span in new:
             tokens = self._letter_tokens(span)
             if tokens is None:
                 parsed.append(span)
                 continue
-            ids = [i for token in tokens for i in self._word_ids(token)]
-            self._span_cache[span] = (ids, tokens[0] if tokens[0] in heads else None,
-                                      tokens[-1] if tokens[-1] in tails else None, False)
+            self._span_ids[span] = [i for token in tokens for i in self._word_ids(token)]
+            self._add_edges(span, tokens[0], tokens[-1])
         # Tokens before the matching pass differ from the final ones only where a special case is inside.
         matchable = [s for s in parsed if self._may_match(s)]
         before = dict(zip(matchable, _tokenize_apart(self._unmatched, matchable)))
         for span, orths in zip(parsed, _tokenize_apart(self._spacy, parsed)):
             unmatched = before.get(span, orths)
-            head, tail = strings[unmatched[0]], strings[unmatched[-1]]
-            self._span_cache[span] = (self._orths_to_ids(orths), head if head in heads else None,
-                                      tail if tail in tails else None, unmatched != orths)
+            self._span_ids[span] = self._orths_to_ids(orths)
+            self._add_edges(span, strings[unmatched[0]], strings[unmatched[-1]])
+            if unmatched != orths:
+                self._resplit.add(span)
+
+    def _add_edges(self, span: str, first: str, last: str) -> None:
+        head, tail = self._cross_pairs.heads, self._cross_pairs.tails
+        if first in head or last in tail:
+            self._span_edges[span] = (first if first in head else None, last if last in tail else None)
 
     def _letter_tokens(self, span: str) -> list[str] | None:
         """spaCy's tokens for the commonest spans, found without spaCy: ASCII letters, optionally followed by
@@ -307,7 +366,8 @@ class Tokenizer:
     ) -> list[list[int]]:
         """Encode many texts, in order, on `workers` forked processes (default: all cores).
 
-        Workers get contiguous chunks of about 100k characters; small batches stay in this process."""
+        Workers get contiguous chunks of about 100k characters; small batches stay in this process. Each chunk's
+        new spans go through spaCy and BPE together (`_encode_texts`)."""
         global _WORKER_TOKENIZER, _WORKER_TEXTS
         workers = (os.cpu_count() or 1) if workers is None else workers
         sizes = [len(t) for t in texts]
@@ -323,17 +383,15 @@ class Tokenizer:
             bar.set_postfix_str(f"{done_chars / elapsed / 1e6:.2f} MB/s", refresh=False)
 
         out: list[list[int]] = []
+        (lo, hi), *ranges = _chunk_ranges(sizes, _CHUNK_CHARS) or [(0, 0)]
+        in_process = workers <= 1 or len(texts) < 2 or sum(sizes) < _MIN_PARALLEL_CHARS
         with bar:
-            if workers <= 1 or len(texts) < 2 or sum(sizes) < _MIN_PARALLEL_CHARS:
-                for text, size in zip(texts, sizes):
-                    out.append(self.encode(text))
-                    advance(1, size)
+            # The first chunk is encoded here (all of them for a small batch): forked workers inherit its caches.
+            for lo, hi in [(lo, hi), *ranges] if in_process else [(lo, hi)]:
+                out += self._encode_texts(texts[lo:hi])
+                advance(hi - lo, sum(sizes[lo:hi]))
+            if in_process:
                 return out
-            (lo, hi), *ranges = _chunk_ranges(sizes, _CHUNK_CHARS)
-            # The first chunk is encoded here: the forked workers inherit the caches it fills.
-            for text, size in zip(texts[lo:hi], sizes[lo:hi]):
-                out.append(self.encode(text))
-                advance(1, size)
             _WORKER_TOKENIZER, _WORKER_TEXTS = self, texts
             try:
                 with multiprocessing.get_context("fork").Pool(workers) as pool:
@@ -472,7 +530,7 @@ def _chunk_ranges(sizes: Sequence[int], chunk_chars: int) -> list[tuple[int, int
 
 def _encode_range(bounds: tuple[int, int]) -> list[list[int]]:
     lo, hi = bounds
-    return [_WORKER_TOKENIZER.encode(t) for t in _WORKER_TEXTS[lo:hi]]
+    return _WORKER_TOKENIZER._encode_texts(_WORKER_TEXTS[lo:hi])
 
 
 def _count_range(bounds: tuple[int, int]) -> Counter:

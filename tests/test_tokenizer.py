@@ -127,10 +127,14 @@ def test_cross_space_special_cases_against_hugging_face(tok, hf, monkeypatch):
               "<3", "3", "=", "''", "``", "c'm", "on", "'cause", "ca", "n't", "y'", "all", "i", "'m", "-_-"]
     rng = random.Random(0)
     fresh = Tokenizer(tok.encoder, tok.merges)
+    texts, expected = [], []
     for _ in range(2000):
         text = rng.choice(["", " "]).join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
-        text = " ".join(rng.choice(pieces) for _ in range(rng.randint(0, 3))) + " " + text
-        assert fresh.encode(text) == hf_ids(hf, text), repr(text)
+        text = " ".join(rng.choice(pieces) for _ in range(rng.randint(0, 3))) + rng.choice([" ", " <unk> "]) + text
+        texts.append(text)
+        expected.append(hf_ids(hf, text))
+        assert fresh.encode(text) == expected[-1], repr(text)
+    assert Tokenizer(tok.encoder, tok.merges)._encode_texts(texts) == expected  # all new spans in one go
     monkeypatch.setattr(fresh, "_encode_doc", None)  # any fallback would now raise
     assert fresh.encode("it 's what 's there") == hf_ids(hf, "it 's what 's there")
 
@@ -193,6 +197,22 @@ def test_ftfy_plain_characters_are_left_alone_by_every_other_fixer():
         text = "a" + c + "b"
         assert [f for f in others if getattr(fixes, f)(text) != text] == [], hex(ord(c))
         assert unicodedata.normalize("NFC", text) == text and not unicodedata.combining(c), hex(ord(c))
+
+
+def test_ftfy_is_bad_never_matches_quotes_and_dashes():
+    """The property of `_FTFY_QUOTES`: ftfy's `is_bad` matches no string of its characters. Each alternative of
+    ftfy's pattern that can start with one of them needs another character outside them within 3 characters;
+    checked on every 3-character string of them and of one ASCII character per class the pattern tells apart."""
+    import itertools
+
+    quotes = [chr(c) for c in range(0x3000) if not chr(c).isascii() and tokmod._FTFY_QUOTES.fullmatch(chr(c))]
+    assert set(quotes) >= {"“", "”", "‘", "’", "—", "\xa0"}
+    assert all(tokmod._FTFY_PLAIN.fullmatch(c) for c in quotes)
+    alphabet = quotes + ["a", "A", " ", ".", "0", "-"]
+    bad = [t for n in (1, 2, 3) for t in map("".join, itertools.product(alphabet, repeat=n)) if ftfy.badness.is_bad(t)]
+    assert bad == []
+    for c in quotes:  # and fix_text only uncurls the quotes
+        assert ftfy.fix_text("a" + c + "b") == "a" + ftfy.fixes.uncurl_quotes(c) + "b"
 
 
 def test_ftfy_line_shortcut_equals_ftfy():
