@@ -383,15 +383,16 @@ class Tokenizer:
             bar.set_postfix_str(f"{done_chars / elapsed / 1e6:.2f} MB/s", refresh=False)
 
         out: list[list[int]] = []
-        (lo, hi), *ranges = _chunk_ranges(sizes, _CHUNK_CHARS) or [(0, 0)]
+        ranges = _chunk_ranges(sizes, _CHUNK_CHARS)
         in_process = workers <= 1 or len(texts) < 2 or sum(sizes) < _MIN_PARALLEL_CHARS
         with bar:
             # The first chunk is encoded here (all of them for a small batch): forked workers inherit its caches.
-            for lo, hi in [(lo, hi), *ranges] if in_process else [(lo, hi)]:
+            for lo, hi in ranges if in_process else ranges[:1]:
                 out += self._encode_texts(texts[lo:hi])
                 advance(hi - lo, sum(sizes[lo:hi]))
             if in_process:
                 return out
+            ranges = ranges[1:]
             _WORKER_TOKENIZER, _WORKER_TEXTS = self, texts
             try:
                 with multiprocessing.get_context("fork").Pool(workers) as pool:
