@@ -44,7 +44,7 @@ from .checkpoint import (
     resolve_model_dir,
 )
 from .errors import UserError
-from .model import GPT, GPTConfig, lm_cross_entropy
+from .model import GPT, Dropout, GPTConfig, lm_cross_entropy
 
 KINDS = ("classification", "entailment", "similarity", "regression", "multiple-choice")
 IGNORE = -100
@@ -142,7 +142,7 @@ class TaskModel(nn.Module):
             raise ValueError(f"unknown task kind {kind!r}")
         self.kind = kind
         self.transformer = GPT(config)
-        self.clf_dropout = nn.Dropout(clf_pdrop)
+        self.clf_dropout = Dropout(clf_pdrop)
         self.head = nn.Linear(config.n_embd, 1 if kind == "multiple-choice" else n_outputs, bias=False)
         nn.init.normal_(self.head.weight, std=config.init_std)
 

@@ -2,12 +2,15 @@
 
 Post-LayerNorm Transformer blocks, learned position embeddings, tanh-GELU MLP, fused q|k|v projection,
 LM head tied to the token embedding, every weight N(0, 0.02). Attention runs through
-`scaled_dot_product_attention`, which keeps attention-probability dropout in training.
+`scaled_dot_product_attention`, which keeps attention-probability dropout in training, except when training
+on CPU (`attention_with_dropout`, below).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+
+import math
 
 import torch
 import torch.nn as nn
@@ -80,6 +83,76 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
+def keep_mask(shape: torch.Size, p: float, device=None) -> torch.Tensor:
+    """Bernoulli(1 - p) booleans: each is a uniform 32-bit integer at or above the p-quantile (exact to 2^-32).
+    On CPU, 64 random bits per two elements take a quarter of the time of torch's `bernoulli_`."""
+    n = math.prod(shape)
+    bits = torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_(-(2**63), None)  # all 64 bits
+    return (bits.view(torch.int32)[:n] >= -(2**31) + round(p * 2**32)).view(shape)
+
+
+class _ScaledMask(torch.autograd.Function):
+    """x * keep / (1 - p), saving only the boolean mask for the backward pass (a quarter of a float mask)."""
+
+    @staticmethod
+    def forward(ctx, x, keep, scale):
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return x.mul(keep).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        return grad.mul(keep).mul_(ctx.scale), None, None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """`F.dropout`; on CPU with the mask of `keep_mask`, kept as booleans."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    return _ScaledMask.apply(x, keep_mask(x.shape, p), 1.0 / (1.0 - p))
+
+
+class Dropout(nn.Dropout):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+    """Causal attention with dropout p on the probabilities, as `scaled_dot_product_attention` computes it on
+    CPU (where no fused kernel has dropout): softmax(q k^T / sqrt(hs) + causal), dropped, times v; with the
+    faster mask of `keep_mask`, and keeping for the backward pass the probabilities and the boolean mask only.
+    q, k, v, result: (B, H, T, hs)."""
+    B, H, T, hs = q.shape
+    causal = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)  # (T, T): key after query
+    q = (q * hs**-0.5).reshape(B * H, T, hs)  # (B*H, T, hs)
+    k, v = k.reshape(B * H, T, hs), v.reshape(B * H, T, hs)
+    scores = torch.baddbmm(causal, q, k.transpose(1, 2))  # (B*H, T, T)
+    return _DroppedSoftmaxTimesV.apply(scores, v, p).view(B, H, T, hs)
+
+
+class _DroppedSoftmaxTimesV(torch.autograd.Function):
+    """dropout(softmax(scores), p) @ v. The backward pass recomputes the dropped probabilities from the
+    probabilities and the mask rather than keeping them: one (B*H, T, T) float tensor less per layer."""
+
+    @staticmethod
+    def forward(ctx, scores, v, p):
+        probs = scores.softmax(dim=-1)  # (B*H, T, T)
+        keep = keep_mask(probs.shape, p, probs.device)
+        ctx.save_for_backward(probs, keep, v)
+        ctx.scale = 1.0 / (1.0 - p)
+        return probs.mul(keep).mul_(ctx.scale) @ v  # (B*H, T, hs)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        probs, keep, v = ctx.saved_tensors
+        grad_v = probs.mul(keep).mul_(ctx.scale).transpose(1, 2) @ grad_y  # (B*H, T, hs)
+        grad_probs = (grad_y @ v.transpose(1, 2)).mul_(keep).mul_(ctx.scale)  # (B*H, T, T)
+        return torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype), grad_v, None
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -87,7 +160,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q|k|v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.attn_pdrop = config.attn_pdrop
-        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        self.resid_dropout = Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
@@ -104,8 +177,11 @@ class CausalSelfAttention(nn.Module):
         else:  # several new queries after a cached prefix: query i sees keys 0 .. past + i
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             causal = False
-        dropout = self.attn_pdrop if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)  # (B, H, T, hs)
+        p = self.attn_pdrop if self.training else 0.0
+        if p > 0.0 and cache is None and x.device.type == "cpu":
+            y = attention_with_dropout(q, k, v, p)  # (B, H, T, hs)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)  # (B, H, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -115,7 +191,7 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, config.n_inner)
         self.c_proj = nn.Linear(config.n_inner, config.n_embd)
-        self.dropout = nn.Dropout(config.resid_pdrop)
+        self.dropout = Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
@@ -142,7 +218,7 @@ class GPT(nn.Module):
         self.config = config
         self.tokens_embed = nn.Embedding(config.vocab_size, config.n_embd)
         self.positions_embed = nn.Embedding(config.n_positions, config.n_embd)
-        self.drop = nn.Dropout(config.embd_pdrop)
+        self.drop = Dropout(config.embd_pdrop)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         # Memory option for training: keep only each block's input and recompute the block in the backward
         # pass (about a third more compute). A training setting, not part of the architecture.

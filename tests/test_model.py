@@ -12,7 +12,17 @@ import torch.nn.functional as F
 from gpt1.checkpoint import load_model, save_model
 from gpt1.convert import convert
 from gpt1.errors import UserError
-from gpt1.model import GPT, GPTConfig, KVCache, count_parameters_formula, lm_cross_entropy, preset_config
+from gpt1.model import (
+    GPT,
+    GPTConfig,
+    KVCache,
+    attention_with_dropout,
+    count_parameters_formula,
+    dropout,
+    keep_mask,
+    lm_cross_entropy,
+    preset_config,
+)
 
 transformers = pytest.importorskip("transformers")
 VOCAB_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpt1_vocab"
@@ -110,6 +120,49 @@ def test_training_mode_differs_only_by_dropout():
     zero.load_state_dict(model.state_dict())
     zero.train()
     torch.testing.assert_close(zero(ids), model.eval()(ids))
+
+
+def test_keep_mask_is_bernoulli_and_follows_the_seed():
+    for p in (0.1, 0.5):
+        keep = keep_mask((1001, 999), p)  # an odd number of elements: half a 64-bit draw is left over
+        assert keep.shape == (1001, 999) and keep.dtype == torch.bool
+        flat = keep.flatten().float()
+        for part in (flat, flat[0::2], flat[1::2]):  # and each of the two 32-bit halves of a draw
+            assert abs(part.mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / part.numel()), p
+    assert keep_mask((64,), 0.0).all()
+    torch.manual_seed(3)
+    a = keep_mask((4096,), 0.1)
+    torch.manual_seed(3)
+    assert torch.equal(a, keep_mask((4096,), 0.1)) and not torch.equal(a, keep_mask((4096,), 0.1))
+
+
+def test_cpu_dropout_scales_the_kept_values_and_their_gradients():
+    x = torch.randn(300, 70, requires_grad=True)
+    y = dropout(x, 0.1, training=True)
+    kept = y != 0
+    assert 0.85 < kept.float().mean().item() < 0.95
+    torch.testing.assert_close(y[kept], x[kept] / 0.9)
+    (y * 3).sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() * 3 / 0.9)
+    assert dropout(x, 0.1, training=False) is x and dropout(x, 0.0, training=True) is x
+
+
+def test_cpu_attention_with_dropout_is_sdpa_with_the_drawn_mask():
+    B, H, T, hs = 2, 3, 11, 8
+    q, k, v = (torch.randn(B, H, T, hs, dtype=torch.float64) for _ in range(3))
+    torch.testing.assert_close(attention_with_dropout(q, k, v, 0.0), F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    torch.manual_seed(7)
+    got = attention_with_dropout(q, k, v, 0.25)
+    torch.manual_seed(7)
+    keep = keep_mask((B * H, T, T), 0.25).view(B, H, T, T)
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(hs)).masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
+    torch.testing.assert_close(got, (scores.softmax(-1) * keep / 0.75) @ v)
+
+    def seeded(q, k, v):  # the same mask on every call
+        torch.manual_seed(7)
+        return attention_with_dropout(q, k, v, 0.25)
+
+    assert torch.autograd.gradcheck(seeded, tuple(t.requires_grad_() for t in (q, k, v)))
 
 
 def test_kv_cache_decoding_equals_full_forward():
