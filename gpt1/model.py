@@ -135,7 +135,8 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p:
 
 class _DroppedSoftmaxTimesV(torch.autograd.Function):
     """dropout(softmax(scores), p) @ v. The backward pass recomputes the dropped probabilities from the
-    probabilities and the mask rather than keeping them: one (B*H, T, T) float tensor less per layer."""
+    probabilities and the mask rather than keeping them: one (B*H, T, T) float tensor less per layer. The
+    1 / (1 - p) scaling is applied to the (B*H, T, hs) side of each product, a sixteenth of the elements."""
 
     @staticmethod
     def forward(ctx, scores, v, p):
@@ -143,13 +144,14 @@ class _DroppedSoftmaxTimesV(torch.autograd.Function):
         keep = keep_mask(probs.shape, p, probs.device)
         ctx.save_for_backward(probs, keep, v)
         ctx.scale = 1.0 / (1.0 - p)
-        return probs.mul(keep).mul_(ctx.scale) @ v  # (B*H, T, hs)
+        return torch.where(keep, probs, 0.0) @ (v * ctx.scale)  # (B*H, T, hs)
 
     @staticmethod
     def backward(ctx, grad_y):
         probs, keep, v = ctx.saved_tensors
-        grad_v = probs.mul(keep).mul_(ctx.scale).transpose(1, 2) @ grad_y  # (B*H, T, hs)
-        grad_probs = (grad_y @ v.transpose(1, 2)).mul_(keep).mul_(ctx.scale)  # (B*H, T, T)
+        grad_y = grad_y * ctx.scale  # (B*H, T, hs)
+        grad_v = torch.where(keep, probs, 0.0).transpose(1, 2) @ grad_y  # (B*H, T, hs)
+        grad_probs = (grad_y @ v.transpose(1, 2)).mul_(keep)  # (B*H, T, T)
         return torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype), grad_v, None
 
 
