@@ -294,7 +294,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, targets, ignore_index, chunk_tokens):
         grad_h = torch.empty_like(h)  # (N, C)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)  # (V, C)
+        grad_w = None  # (V, C), fp32 under autocast too
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for i in range(0, h.size(0), chunk_tokens):
             hc, tc = h[i : i + chunk_tokens], targets[i : i + chunk_tokens]  # (n, C), (n,)
@@ -312,7 +312,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             d_logits[torch.arange(len(tc), device=tc.device), safe_t] -= 1.0
             d_logits *= valid[:, None]
             grad_h[i : i + chunk_tokens] = d_logits @ weight  # (n, C)
-            grad_w += d_logits.t() @ hc  # (V, C), accumulated in fp32 under autocast too
+            chunk_grad_w = d_logits.t() @ hc  # (V, C)
+            if grad_w is None:  # the first chunk's product as it is: no zero-filled (V, C) tensor to add it to
+                grad_w = chunk_grad_w.float()
+            else:
+                grad_w += chunk_grad_w
+        if grad_w is None:  # no tokens
+            grad_w = torch.zeros_like(weight)
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
         return total
 

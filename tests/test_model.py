@@ -209,6 +209,25 @@ def test_chunked_loss_matches_full_cross_entropy_and_its_gradient():
         torch.testing.assert_close(lm_cross_entropy(h, model.tokens_embed.weight, targets, chunk_tokens=7), reference)
 
 
+def test_chunked_loss_weight_gradient_sums_the_chunks_and_allows_no_tokens():
+    torch.manual_seed(0)
+    h, targets = torch.randn(30, 16), torch.randint(0, 50, (30,))
+    targets[3] = -100
+    grads = []
+    for chunk_tokens in (7, 1024):
+        weight = torch.randn(50, 16, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        lm_cross_entropy(h, weight, targets, chunk_tokens=chunk_tokens).backward()
+        grads.append(weight.grad)
+    reference = torch.randn(50, 16, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    F.cross_entropy(h @ reference.t(), targets).backward()
+    torch.testing.assert_close(grads[0], reference.grad)
+    torch.testing.assert_close(grads[1], reference.grad)
+    weight = torch.randn(50, 16, requires_grad=True)
+    loss = lm_cross_entropy(torch.randn(0, 16), weight, torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0 and not weight.grad.any()
+
+
 def test_chunked_loss_refuses_a_second_backward_through_the_same_graph():
     """Its gradients are scaled in place (one (V, C) tensor less at the peak): autograd must stop a second pass
     instead of letting it scale them twice."""
