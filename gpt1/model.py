@@ -8,9 +8,8 @@ on CPU (`attention_with_dropout`, below).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
 import math
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn

@@ -286,9 +286,9 @@ class Tokenizer:
         return ids
 
     def _add_spans(self, new: list[str]) -> None:
-        """Cache, for each new space-free span (distinct, not `_UNK_SPAN`), its ids as spaCy tokenizes it alone; its first/last token
-        before special-case matching when those could join a multi-token special case across a space; and
-        whether the matching pass re-splits it.
+        """Cache, for each new space-free span (distinct, not `_UNK_SPAN`), its ids as spaCy tokenizes it alone;
+        its first/last token before special-case matching when those could join a multi-token special case
+        across a space; and whether the matching pass re-splits it.
 
         spaCy splits a text at spaces and tokenizes each span on its own (its cache is keyed by span), so
         a text's tokens are its spans' tokens, except for one pass: a phrase matcher over the whole text that
