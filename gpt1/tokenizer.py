@@ -162,12 +162,13 @@ def _fix_line(line: str) -> str:
     except for ASCII, which mojibake repair leaves alone)."""
     if _FTFY_NOOP.fullmatch(line):
         return line
-    if len(line) <= _FTFY_SEGMENT and _FTFY_QUOTES.fullmatch(line):
-        return uncurl_quotes(line)
-    if len(line) <= _FTFY_SEGMENT and _FTFY_PLAIN.fullmatch(line) and not is_bad(line):
-        uncurled = uncurl_quotes(line)
-        if uncurled == line or uncurled.isascii() or not is_bad(uncurled):
-            return uncurled
+    if len(line) <= _FTFY_SEGMENT:
+        if _FTFY_QUOTES.fullmatch(line):  # `is_bad` cannot match: see `_FTFY_QUOTES`
+            return uncurl_quotes(line)
+        if _FTFY_PLAIN.fullmatch(line) and not is_bad(line):
+            uncurled = uncurl_quotes(line)
+            if uncurled == line or uncurled.isascii() or not is_bad(uncurled):
+                return uncurled
     return ftfy.fix_text(line)
 
 
