@@ -147,20 +147,26 @@ def test_cpu_dropout_scales_the_kept_values_and_their_gradients():
     assert dropout(x, 0.1, training=False) is x and dropout(x, 0.0, training=True) is x
 
 
-def test_cpu_attention_with_dropout_is_sdpa_with_the_drawn_mask():
+@pytest.mark.parametrize("query_block", [128, 4])  # one block; blocks of 4, 4 and 3 queries
+def test_cpu_attention_with_dropout_is_sdpa_with_the_drawn_mask(query_block):
     B, H, T, hs = 2, 3, 11, 8
     q, k, v = (torch.randn(B, H, T, hs, dtype=torch.float64) for _ in range(3))
-    torch.testing.assert_close(attention_with_dropout(q, k, v, 0.0), F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(attention_with_dropout(q, k, v, 0.0, query_block), expected)
     torch.manual_seed(7)
-    got = attention_with_dropout(q, k, v, 0.25)
+    got = attention_with_dropout(q, k, v, 0.25, query_block)
     torch.manual_seed(7)
-    keep = keep_mask((B * H, T, T), 0.25).view(B, H, T, T)
+    keep = torch.zeros(B * H, T, T, dtype=torch.bool)  # above the diagonal the probabilities are 0 anyway
+    for start in range(0, T, query_block):  # one mask per block, drawn in order, over the keys it sees
+        end = min(start + query_block, T)
+        keep[:, start:end, :end] = keep_mask((B * H, end - start, end), 0.25)
+    keep = keep.view(B, H, T, T)
     scores = (q @ k.transpose(-1, -2) / math.sqrt(hs)).masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
     torch.testing.assert_close(got, (scores.softmax(-1) * keep / 0.75) @ v)
 
-    def seeded(q, k, v):  # the same mask on every call
+    def seeded(q, k, v):  # the same masks on every call
         torch.manual_seed(7)
-        return attention_with_dropout(q, k, v, 0.25)
+        return attention_with_dropout(q, k, v, 0.25, query_block)
 
     assert torch.autograd.gradcheck(seeded, tuple(t.requires_grad_() for t in (q, k, v)))
 
