@@ -234,6 +234,23 @@ def test_chunked_loss_weight_gradient_sums_the_chunks_and_allows_no_tokens():
     assert loss.item() == 0 and not weight.grad.any()
 
 
+def test_chunked_loss_under_bf16_autocast_matches_the_full_loss_in_fp32_parameters():
+    """The GPU recipe's setting: bf16 products, fp32 softmax, gradients in the dtype of h and of the weight."""
+    torch.manual_seed(0)
+    h, targets = torch.randn(30, 16, requires_grad=True), torch.randint(0, 50, (30,))
+    targets[4] = -100
+    weight = torch.randn(50, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = lm_cross_entropy(h, weight, targets, chunk_tokens=7)
+        reference = F.cross_entropy(F.linear(h, weight).float(), targets)
+    grads = torch.autograd.grad(loss, (h, weight))
+    expected = torch.autograd.grad(reference, (h, weight))
+    assert loss.dtype == torch.float32 and [g.dtype for g in grads] == [torch.float32, torch.float32]
+    torch.testing.assert_close(loss, reference)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-3)
+
+
 def test_chunked_loss_refuses_a_second_backward_through_the_same_graph():
     """Its gradients are scaled in place (one (V, C) tensor less at the peak): autograd must stop a second pass
     instead of letting it scale them twice."""
