@@ -119,10 +119,13 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
-def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, query_block: int = 128) -> torch.Tensor:
+def attention_with_dropout(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, query_block: int = 128
+) -> torch.Tensor:
     """Causal attention with dropout p on the probabilities, as `scaled_dot_product_attention` computes it on
     CPU (where no fused kernel has dropout): softmax(q k^T / sqrt(hs) + causal), dropped, times v; with the
-    faster mask of `keep_mask`, and keeping for the backward pass the probabilities and the boolean mask only.
+    faster mask of `keep_mask`, and keeping for the backward pass the probabilities and the boolean mask, not
+    the dropped probabilities.
 
     Queries go in blocks of `query_block`, each against the keys up to its last query only: at 512 positions
     that skips 3/8 of the (T, T) scores, all of them above the diagonal. q, k, v, result: (B, H, T, hs)."""
