@@ -73,8 +73,10 @@ def measure(name, encode_all, texts, n_bytes):
 
 
 def check_same(name, ids, reference, texts):
+    if len(ids) != len(reference):
+        sys.exit(f"{name}: {len(ids)} texts encoded, Hugging Face {len(reference)}")
     mismatch = next((i for i, (a, b) in enumerate(zip(ids, reference)) if a != b), None)
-    if mismatch is not None or len(ids) != len(reference):
+    if mismatch is not None:
         sys.exit(f"{name}: ids differ from Hugging Face at text {mismatch}: {texts[mismatch]!r}")
 
 
