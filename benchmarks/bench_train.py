@@ -206,8 +206,8 @@ def _finetune_loss(impl, model, ids, labels):
     B, _, T = x.shape
     lengths = torch.full((B, 1), T, device=ids.device)
     if impl == "gpt1":
-        logits, h = model(x, lengths)
-        return model.task_loss(logits, labels) + 0.5 * model.lm_loss(x, lengths, h)
+        logits, lm_loss = model(x, lengths, lm_loss=True)
+        return model.task_loss(logits, labels) + 0.5 * lm_loss
     out = model(x, mc_token_ids=lengths - 1, labels=x, mc_labels=torch.zeros_like(labels))
     return out.mc_loss + 0.5 * out.loss
 

@@ -44,7 +44,7 @@ from .checkpoint import (
     resolve_model_dir,
 )
 from .errors import UserError
-from .model import GPT, Dropout, GPTConfig, lm_cross_entropy
+from .model import GPT, Dropout, GPTConfig
 
 KINDS = ("classification", "entailment", "similarity", "regression", "multiple-choice")
 IGNORE = -100
@@ -146,31 +146,31 @@ class TaskModel(nn.Module):
         self.head = nn.Linear(config.n_embd, 1 if kind == "multiple-choice" else n_outputs, bias=False)
         nn.init.normal_(self.head.weight, std=config.init_std)
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ids (B, K, T), lengths (B, K) -> task logits (B, n_outputs) [(B, K) for multiple choice] and the
-        final hidden states (B*K, T, C) for the auxiliary LM loss."""
+    def forward(
+        self, ids: torch.Tensor, lengths: torch.Tensor, lm_loss: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ids (B, K, T), lengths (B, K) -> task logits (B, n_outputs) [(B, K) for multiple choice] and, with
+        lm_loss, the auxiliary next-token loss on the same inputs, padding masked (the original code predicts
+        the special tokens too), else None."""
         B, K, T = ids.shape
-        h = self.transformer.hidden_states(ids.view(B * K, T))  # (B*K, T, C)
+        flat = ids.view(B * K, T)
+        if lm_loss:
+            targets = flat.roll(-1, dims=1)  # (B*K, T): position t predicts token t + 1 of the same input
+            targets[torch.arange(T, device=ids.device) >= lengths.view(-1, 1) - 1] = IGNORE  # none after the last
+            h, lm = self.transformer.hidden_states_and_lm_loss(flat, targets, ignore_index=IGNORE)  # (B*K, T, C)
+        else:
+            h, lm = self.transformer.hidden_states(flat), None  # (B*K, T, C)
         extract = h[torch.arange(B * K, device=ids.device), lengths.view(-1) - 1].view(B, K, -1)  # (B, K, C)
         if self.kind == "multiple-choice":
             logits = self.head(self.clf_dropout(extract)).squeeze(-1)  # (B, K)
         else:
             logits = self.head(self.clf_dropout(extract.sum(dim=1)))  # (B, n_outputs); K = 2 adds both orders
-        return logits, h
+        return logits, lm
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.kind == "regression":
             return F.mse_loss(logits.squeeze(-1).float(), labels)
         return F.cross_entropy(logits.float(), labels)
-
-    def lm_loss(self, ids: torch.Tensor, lengths: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """Next-token loss on the same inputs, padding masked (the original code predicts the special tokens too)."""
-        B, K, T = ids.shape
-        flat = ids.view(B * K, T)
-        targets = flat[:, 1:].clone()
-        positions = torch.arange(1, T, device=ids.device)
-        targets[positions[None, :] >= lengths.view(-1, 1)] = IGNORE
-        return lm_cross_entropy(h[:, :-1], self.transformer.tokens_embed.weight, targets, ignore_index=IGNORE)
 
 
 def extend_vocabulary(state: dict[str, torch.Tensor], n_new: int, std: float, generator=None) -> dict[str, torch.Tensor]:
@@ -357,9 +357,10 @@ def finetune(
                 ids, lengths, labels = ids.to(dev_), lengths.to(dev_), labels.to(dev_)
                 data_seconds += time.perf_counter() - t_data
                 with autocast:
-                    logits, h = model(ids, lengths)
+                    logits, lm_loss = model(ids, lengths, lm_loss=config.lm_coef != 0)
                     task_loss = model.task_loss(logits, labels)
-                    lm_loss = model.lm_loss(ids, lengths, h) if config.lm_coef else torch.zeros((), device=dev_)
+                    if lm_loss is None:
+                        lm_loss = torch.zeros((), device=dev_)
                 share = len(labels) / len(batch)
                 ((task_loss + config.lm_coef * lm_loss) * share).backward()
                 task_sum += task_loss.item() * share

@@ -254,14 +254,20 @@ class GPT(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # the LM head is tied: nothing extra
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Final block's output (B, T, C) for ids (B, T)."""
+    def hidden_states(
+        self, idx: torch.Tensor, cache: KVCache | None = None, head_gradient: HeadGradient | None = None
+    ) -> torch.Tensor:
+        """Final block's output (B, T, C) for ids (B, T). `head_gradient`: see `hidden_states_and_lm_loss`."""
         B, T = idx.shape
         past = cache.length if cache is not None else 0
         if past + T > self.config.n_positions:
             raise ValueError(f"sequence of {past + T} tokens exceeds the model's context of {self.config.n_positions}")
         pos = torch.arange(past, past + T, device=idx.device)  # (T,)
-        x = self.drop(self.tokens_embed(idx) + self.positions_embed(pos))  # (B, T, C)
+        if head_gradient is None:
+            tokens = self.tokens_embed(idx)  # (B, T, C)
+        else:
+            tokens = _TokenLookup.apply(self.tokens_embed.weight, idx, head_gradient)  # (B, T, C)
+        x = self.drop(tokens + self.positions_embed(pos))  # (B, T, C)
         for layer, block in enumerate(self.h):
             if self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False)  # recomputed with the same dropout masks
@@ -277,23 +283,73 @@ class GPT(nn.Module):
 
     def lm_loss(self, idx: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
         """Mean next-token cross-entropy; targets (B, T) are the ids that follow idx, ignore_index masks padding."""
-        return lm_cross_entropy(self.hidden_states(idx), self.tokens_embed.weight, targets, ignore_index)
+        return self.hidden_states_and_lm_loss(idx, targets, ignore_index)[1]
+
+    def hidden_states_and_lm_loss(
+        self, idx: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final hidden states (B, T, C) and the LM loss of `lm_loss`, from one pass.
+
+        The token embedding's weight gets two gradients, the LM head's, dense, and the lookup's, T rows. Autograd
+        adds them as two (V, C) tensors, the second one zero-filled at every step: 124 MB for GPT-1, and on CPU
+        that fill is mostly page faults, 0.13-0.18 s of a 1 x 512 training step. On CPU, in eager mode, the loss
+        hands its gradient over to the lookup instead (`HeadGradient`), which adds its rows to it in place."""
+        weight = self.tokens_embed.weight
+        hand_over = (torch.is_grad_enabled() and weight.requires_grad and weight.device.type == "cpu"
+                     and not torch.compiler.is_compiling())
+        head_gradient = HeadGradient() if hand_over else None
+        h = self.hidden_states(idx, head_gradient=head_gradient)
+        return h, lm_cross_entropy(h, weight, targets, ignore_index, head_gradient=head_gradient)
+
+
+class HeadGradient:
+    """Carries the tied LM head's (V, C) gradient from `lm_cross_entropy`'s backward pass to the token lookup's,
+    which runs later in the same pass (the lookup is the first operation of the forward pass)."""
+
+    def __init__(self):
+        self.grad: torch.Tensor | None = None
+
+
+class _TokenLookup(torch.autograd.Function):
+    """weight[idx], whose backward pass adds the rows of its gradient into the LM head's gradient of the same
+    weight when the head's loss handed that over, and returns the sum as the weight's whole gradient."""
+
+    @staticmethod
+    def forward(ctx, weight, idx, head_gradient):
+        ctx.save_for_backward(idx)
+        ctx.head_gradient, ctx.weight_shape = head_gradient, weight.shape
+        return F.embedding(idx, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (idx,) = ctx.saved_tensors
+        grad_weight, ctx.head_gradient.grad = ctx.head_gradient.grad, None
+        if grad_weight is None:  # the head's loss was not part of this backward pass
+            grad_weight = grad_out.new_zeros(ctx.weight_shape)
+        grad_weight.index_add_(0, idx.reshape(-1), grad_out.reshape(-1, grad_out.size(-1)))
+        return grad_weight, None, None
 
 
 def lm_cross_entropy(
-    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, chunk_tokens: int = 1024
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int = -100,
+    chunk_tokens: int = 1024,
+    head_gradient: HeadGradient | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of the logits h @ weight^T over the tokens whose target is not ignore_index.
 
     The logits of a batch are (B*T, 40478) floats, the largest tensor of a step. They are made one chunk of
     tokens at a time; with gradients on, each chunk's gradients are computed on the spot, so neither the full
-    logits nor a recomputation of them in the backward pass is ever needed.
+    logits nor a recomputation of them in the backward pass is ever needed. With `head_gradient` (from
+    `GPT.hidden_states_and_lm_loss`), weight's gradient is handed to the token lookup instead of returned.
     """
     h = h.reshape(-1, h.size(-1))  # (N, C)
     targets = targets.reshape(-1)  # (N,)
     n_valid = (targets != ignore_index).sum().clamp(min=1)
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        total = _ChunkedLinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk_tokens)
+        total = _ChunkedLinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk_tokens, head_gradient)
     else:
         total = sum(
             F.cross_entropy(F.linear(h[i : i + chunk_tokens], weight).float(), targets[i : i + chunk_tokens],
@@ -311,7 +367,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     gradient is then the left operand of the (V, C) weight gradient as it is."""
 
     @staticmethod
-    def forward(ctx, h, weight, targets, ignore_index, chunk_tokens):
+    def forward(ctx, h, weight, targets, ignore_index, chunk_tokens, head_gradient):
+        ctx.head_gradient = head_gradient
         grad_h = torch.empty_like(h)  # (N, C)
         grad_w = None  # (V, C), fp32 under autocast too
         total = torch.zeros((), dtype=torch.float32, device=h.device)
@@ -345,7 +402,11 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         # Scaled in place, which spares a second (V, C) tensor (124 MB for GPT-1). A second backward through the
         # same graph then fails autograd's check that saved tensors are unchanged, instead of scaling twice.
-        return grad_h.mul_(grad_total), grad_w.mul_(grad_total), None, None, None
+        grad_h.mul_(grad_total)
+        grad_w.mul_(grad_total)
+        if ctx.head_gradient is not None:  # the token lookup adds its rows and returns it
+            ctx.head_gradient.grad, grad_w = grad_w, None
+        return grad_h, grad_w, None, None, None, None
 
 
 def count_parameters_formula(config: GPTConfig) -> int:

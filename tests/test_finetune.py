@@ -91,13 +91,15 @@ def test_padding_changes_neither_the_task_logits_nor_the_lm_loss():
     short, long = [1, 5, 6, 3], [1, 7, 8, 9, 10, 11, 3]
     batch = [SimpleNamespace(sequences=[short], label=0), SimpleNamespace(sequences=[long], label=1)]
     ids, lengths, _ = collate(batch)
-    logits, h = model(ids, lengths)
+    logits, lm_loss = model(ids, lengths, lm_loss=True)
+    assert model(ids, lengths)[1] is None
+    torch.testing.assert_close(model(ids, lengths)[0], logits)
     alone_ids, alone_len, _ = collate(batch[:1])
-    alone_logits, alone_h = model(alone_ids, alone_len)
+    alone_logits, alone_lm_loss = model(alone_ids, alone_len, lm_loss=True)
     torch.testing.assert_close(logits[:1], alone_logits)
     long_ids, long_len, _ = collate(batch[1:])
-    per_token = (model.lm_loss(alone_ids, alone_len, alone_h) * 3 + model.lm_loss(long_ids, long_len, model(long_ids, long_len)[1]) * 6) / 9
-    torch.testing.assert_close(model.lm_loss(ids, lengths, h), per_token)
+    per_token = (alone_lm_loss * 3 + model(long_ids, long_len, lm_loss=True)[1] * 6) / 9  # 3 and 6 predicted tokens
+    torch.testing.assert_close(lm_loss, per_token)
 
 
 def test_layer_transfer_takes_embeddings_and_the_first_k_blocks(tokenizer, pretrained):

@@ -215,6 +215,47 @@ def test_chunked_loss_matches_full_cross_entropy_and_its_gradient():
         torch.testing.assert_close(lm_cross_entropy(h, model.tokens_embed.weight, targets, chunk_tokens=7), reference)
 
 
+def test_lm_head_gradient_handed_to_the_token_lookup_is_autograds_sum_of_both_uses():
+    """`hidden_states_and_lm_loss` hands the tied head's gradient to the token lookup, which adds its rows in place.
+    The weight's gradient must equal autograd's sum over the two separate uses: for the LM loss, for a loss that
+    also uses the hidden states, for one that leaves the LM loss out of the backward pass, and over two passes
+    accumulated."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=97, n_positions=16, n_embd=32, n_layer=2, n_head=4)).eval()
+    ids = torch.randint(0, 97, (3, 16))
+    targets = ids.roll(-1, 1)
+    targets[1, 9:] = -100
+
+    def node_names(tensor):
+        seen, todo = set(), [tensor.grad_fn]
+        while todo:
+            node = todo.pop()
+            if node is not None and node not in seen:
+                seen.add(node)
+                todo += [next_node for next_node, _ in node.next_functions]
+        return {node.name() for node in seen}
+
+    def weight_grad(loss_of, hand_over: bool, passes: int = 1):
+        model.zero_grad(set_to_none=True)
+        for _ in range(passes):
+            if hand_over:
+                h, lm = model.hidden_states_and_lm_loss(ids, targets)
+            else:
+                h = model.hidden_states(ids)
+                lm = lm_cross_entropy(h, model.tokens_embed.weight, targets)
+            loss = loss_of(h, lm)
+            assert ("_TokenLookupBackward" in node_names(loss)) == hand_over
+            loss.backward()
+        return model.tokens_embed.weight.grad.clone()
+
+    losses = [lambda h, lm: lm, lambda h, lm: h[:, -1].square().sum() + 0.5 * lm, lambda h, lm: h.square().sum()]
+    for loss_of in losses:
+        torch.testing.assert_close(weight_grad(loss_of, True), weight_grad(loss_of, False))
+    torch.testing.assert_close(weight_grad(losses[1], True, passes=2), weight_grad(losses[1], False, passes=2))
+    with torch.no_grad():
+        assert model.hidden_states_and_lm_loss(ids, targets)[1].grad_fn is None
+
+
 def test_chunked_loss_weight_gradient_sums_the_chunks_and_allows_no_tokens():
     torch.manual_seed(0)
     h, targets = torch.randn(30, 16), torch.randint(0, 50, (30,))
