@@ -374,7 +374,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for i in range(0, h.size(0), chunk_tokens):
             hc, tc = h[i : i + chunk_tokens], targets[i : i + chunk_tokens]  # (n, C), (n,)
-            logits = (weight @ hc.t()).float()  # (V, n)
+            logits = weight @ hc.t()  # (V, n), bf16 under bf16 autocast
+            product_dtype = logits.dtype
+            logits = logits.float()
             valid = tc != ignore_index
             safe_t = tc.clamp(min=0)
             tokens = torch.arange(len(tc), device=tc.device)
@@ -386,6 +388,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             total += ((col_max + col_sum.log() - target_logit) * valid).sum()
             d_logits = probs.mul_(valid / col_sum)  # d(sum of CE)/d(logits) = softmax - one_hot; 0 if ignored
             d_logits[safe_t, tokens] -= valid.to(d_logits.dtype)
+            d_logits = d_logits.to(product_dtype)  # once for both products below, which autocast casts it for each
             grad_h[i : i + chunk_tokens] = d_logits.t() @ weight  # (n, C)
             chunk_grad_w = d_logits @ hc  # (V, C)
             if grad_w is None:  # the first chunk's product as it is: no zero-filled (V, C) tensor to add it to
