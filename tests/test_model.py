@@ -20,6 +20,7 @@ from gpt1.model import (
     count_parameters_formula,
     dropout,
     keep_mask,
+    linear,
     lm_cross_entropy,
     preset_config,
 )
@@ -145,6 +146,29 @@ def test_cpu_dropout_scales_the_kept_values_and_their_gradients():
     (y * 3).sum().backward()
     torch.testing.assert_close(x.grad, kept.float() * 3 / 0.9)
     assert dropout(x, 0.1, training=False) is x and dropout(x, 0.0, training=True) is x
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_equals_f_linear_in_value_and_all_three_gradients(with_bias):
+    torch.manual_seed(0)
+    x = torch.randn(7, 3, 48).transpose(0, 1).requires_grad_()  # (3, 7, 48), not contiguous
+    weight = torch.randn(80, 48, requires_grad=True)
+    bias = torch.randn(80, requires_grad=True) if with_bias else None
+    leaves = [t for t in (x, weight, bias) if t is not None]
+    grad_y = torch.randn(3, 7, 80)
+    y = linear(x, weight, bias)
+    if torch.backends.mkldnn.is_available():  # the CPU path this function exists for is the one under test
+        assert type(y.grad_fn).__name__ == "_OneDNNLinearBackward"
+    grads = torch.autograd.grad(y, leaves, grad_y)
+    expected_y = F.linear(x, weight, bias)
+    expected_grads = torch.autograd.grad(expected_y, leaves, grad_y)
+    torch.testing.assert_close(y, expected_y)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want)
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x, weight, bias), expected_y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts F.linear's inputs; linear leaves it that
+        assert linear(x, weight, bias).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("query_block", [128, 4])  # one block; blocks of 4, 4 and 3 queries
