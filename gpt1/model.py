@@ -122,7 +122,7 @@ class Dropout(nn.Dropout):
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear`. On CPU in fp32 the forward product goes through oneDNN (`torch.ops.mkldnn`), which on AVX2
     runs this model's wide outputs (768 -> 2304, 3072) at about 1.3x the speed of the BLAS call behind
-    `F.linear`, and the 40,478-word head at 1.5-2x (benchmarks/README.md). The backward products stay with BLAS,
+    `F.linear`, and the 40,478-word head at 1.4-2x (benchmarks/README.md). The backward products stay with BLAS,
     the faster of the two there."""
     if not (_HAS_ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
