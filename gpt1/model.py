@@ -119,6 +119,9 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
+_HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear`. On CPU in fp32 the forward product goes through oneDNN (`torch.ops.mkldnn`), which on AVX2
     runs this model's wide outputs (768 -> 2304, 3072) at about 1.3x the speed of the BLAS call behind
@@ -130,9 +133,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return _OneDNNLinear.apply(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-
-
-_HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 class _OneDNNLinear(torch.autograd.Function):
