@@ -9,6 +9,7 @@ checkpoint whole. Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -30,21 +31,35 @@ TOKENIZER_DIR = "tokenizer"
 LATEST_FILE = "latest"
 
 
-def write_json_atomic(path: Path, obj) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace the file at `path` with `text` so that a kill leaves either the old file or the new one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def append_jsonl(path: Path, record: dict) -> None:
     """One JSON object per line: a metrics log that a crash can cut only after a complete line."""
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def write_csv(path: Path, rows: list[dict], first: tuple[str, ...] = ()) -> None:
+    """Every field of every row as one CSV file: the `first` columns, then the others by name."""
+    present = {key for row in rows for key in row}
+    fields = [k for k in first if k in present] + sorted(present - set(first))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def read_json(path: Path) -> dict:

@@ -280,6 +280,22 @@ def cmd_ablation(args) -> None:
     print(f"table: {args.out / 'ablation.md'}; every field: {args.out / 'ablation.csv'}")
 
 
+def cmd_layer_transfer(args) -> None:
+    from .ablation import run_layer_transfer
+
+    layers = [int(k) for k in args.layers.split(",")] if args.layers else None
+    run_layer_transfer(args.model, args.data, args.out, args.tasks.split(","), layers, _finetune_config(args))
+    print(f"plot: {args.out / 'layer_transfer.png'}; every field: {args.out / 'layer_transfer.csv'}")
+
+
+def cmd_zero_shot(args) -> None:
+    from .zeroshot import run_zero_shot
+
+    run_zero_shot(args.models, args.tasks.split(","), args.out, data_root=args.data, winograd=args.winograd,
+                  limit=args.limit, seed=args.seed, device=args.device)
+    print(f"plot: {args.out / 'zeroshot.png'}; every field: {args.out / 'zeroshot.csv'}")
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -352,7 +368,7 @@ def _add_text_options(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpt1", description="GPT-1: tokenizer, pre-training, generation, weight conversion.")
+    parser = argparse.ArgumentParser(prog="gpt1", description="GPT-1: tokenizer, pre-training, generation, fine-tuning, the paper's analyses, weight conversion.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("encode", help="text -> ids, one document per line")
@@ -436,6 +452,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated (default: all)")
     _add_finetune_settings(p, only=("lr", "batch_size", "micro_batch", "epochs", "warmup_fraction", "dtype", "seed"))
     p.set_defaults(func=cmd_ablation)
+
+    p = sub.add_parser("layer-transfer", help="the paper's Figure 2 (left) in small: fine-tune with only the "
+                                              "embeddings and the first k pre-trained blocks, for each k")
+    p.add_argument("--model", required=True, type=Path, help="pre-trained model, checkpoint or run folder")
+    p.add_argument("--data", required=True, type=Path, help="folder holding glue/, race/ and story_cloze/")
+    p.add_argument("--out", required=True, type=Path, help="runs, layer_transfer.csv and layer_transfer.png")
+    p.add_argument("--tasks", default="race,rte",
+                   help="comma-separated, of: " + ", ".join(TASK_PLANS) + " (default %(default)s; the paper's "
+                        "MNLI has no training set in the project's data, RTE is the entailment task that has one)")
+    p.add_argument("--layers", help="comma-separated k (default: 0 to the model's number of blocks)")
+    _add_finetune_settings(p, only=("lr", "batch_size", "micro_batch", "epochs", "warmup_fraction", "lm_coef",
+                                    "dtype", "seed"))
+    p.set_defaults(func=cmd_layer_transfer)
+
+    from .zeroshot import HEURISTICS
+
+    p = sub.add_parser("zero-shot", help="the paper's zero-shot heuristics (Figure 2, right) on each checkpoint "
+                                         "of pre-training runs")
+    p.add_argument("models", nargs="+", type=Path,
+                   help="pre-training run folders (every checkpoint is scored) or model/checkpoint folders")
+    p.add_argument("--out", required=True, type=Path, help="zeroshot.jsonl, zeroshot.csv and zeroshot.png")
+    p.add_argument("--data", type=Path, help="folder holding glue/ and race/ (for cola, sst2, race)")
+    p.add_argument("--tasks", default="cola,sst2,race",
+                   help="comma-separated, of: " + ", ".join(HEURISTICS) + " (default %(default)s)")
+    p.add_argument("--winograd", type=Path,
+                   help="Winograd schemas for the winograd task: JSONL/CSV/TSV with `sentence` (the pronoun "
+                        "written as one _), `choices` (list of candidates) and `label` (0-based index)")
+    p.add_argument("--limit", type=int, default=500,
+                   help="score a seeded sample of this many examples per task; 0 = all (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_zero_shot)
 
     p = sub.add_parser("evaluate", help="score a fine-tuned model on a labelled file or a benchmark split")
     p.add_argument("--model", required=True, type=Path, help="folder written by `gpt1 finetune`")

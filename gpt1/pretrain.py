@@ -79,7 +79,7 @@ class PretrainConfig:
     eval_every: int = 500  # updates
     eval_windows: int = 64  # validation windows per evaluation
     checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # the newest ones; 0 keeps every checkpoint (for `gpt1 zero-shot` over a run)
     seed: int = 1234
 
     @classmethod

@@ -255,21 +255,27 @@ def test_similarity_models_are_not_exported_because_no_hf_head_adds_two_orders(t
     assert not (tmp_path / "hf").exists()
 
 
+def write_sst2(data_root, **sizes):
+    """A separable SST-2 in GLUE's layout under data_root/glue/SST-2, `sizes` examples per split."""
+    glue = data_root / "glue" / "SST-2"
+    glue.mkdir(parents=True)
+    for name, n in sizes.items():
+        rows = [f"the film was {['awful', 'superb'][i % 2]} indeed\t{i % 2}" for i in range(n)]
+        (glue / f"{name}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+
+
 def test_ablation_runs_every_setting_on_the_same_subsets_and_resumes(tokenizer, pretrained, tmp_path, capsys):
     from gpt1.checkpoint import copy_tokenizer
     from gpt1.cli import main
 
     copy_tokenizer(require_shared_data("gpt1_vocab"), pretrained / "tokenizer")
-    glue = tmp_path / "data" / "glue" / "SST-2"
-    glue.mkdir(parents=True)
-    for name, n in (("train", 40), ("dev", 12)):
-        rows = [f"the film was {['awful', 'superb'][i % 2]} indeed\t{i % 2}" for i in range(n)]
-        (glue / f"{name}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    write_sst2(tmp_path / "data", train=40, dev=12)
     args = ["ablation", "--model", str(pretrained), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "ab"),
             "--tasks", "sst2", "--settings", "pretrained+aux,scratch", "--epochs", "1", "--batch-size", "8"]
     assert main(args) == 0, capsys.readouterr().err
     table = (tmp_path / "ab" / "ablation.md").read_text()
     assert "| pretrained+aux |" in table and "| scratch |" in table
+    assert (tmp_path / "ab" / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import csv
 
     rows = list(csv.DictReader(open(tmp_path / "ab" / "ablation.csv", encoding="utf-8")))
@@ -282,3 +288,26 @@ def test_ablation_runs_every_setting_on_the_same_subsets_and_resumes(tokenizer, 
     assert main(args) == 0  # a second call reuses the finished runs
     assert (tmp_path / "ab" / "scratch" / "sst2" / "results.json").stat().st_mtime_ns == finished
     assert main(args[:-6] + ["--tasks", "mnli9"]) == 2 and "mnli9" in capsys.readouterr().err
+
+
+def test_layer_transfer_fine_tunes_once_per_k_and_plots_dev_score_against_k(tokenizer, pretrained, tmp_path, capsys):
+    from gpt1.checkpoint import copy_tokenizer
+    from gpt1.cli import main
+
+    copy_tokenizer(require_shared_data("gpt1_vocab"), pretrained / "tokenizer")
+    write_sst2(tmp_path / "data", train=24, dev=8)
+    out = tmp_path / "lt"
+    args = ["layer-transfer", "--model", str(pretrained), "--data", str(tmp_path / "data"), "--out", str(out),
+            "--tasks", "sst2", "--layers", "0,2", "--epochs", "1", "--batch-size", "8"]
+    assert main(args) == 0, capsys.readouterr().err
+    import csv
+
+    rows = list(csv.DictReader(open(out / "layer_transfer.csv", encoding="utf-8")))
+    assert [(r["task"], r["transfer_layers"], r["train"], r["dev"]) for r in rows] == [
+        ("sst2", "0", "24", "8"), ("sst2", "2", "24", "8")]
+    for k in (0, 2):
+        results = json.loads((out / f"layers-{k:02d}" / "sst2" / "results.json").read_text())
+        assert results["config"]["transfer_layers"] == k and results["config"]["from_scratch"] is False
+    assert (out / "layer_transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "sst2 dev accuracy: k=0 " in capsys.readouterr().out
+    assert main(args[:-6] + ["--layers", "3"]) == 2 and "the model has 2 blocks" in capsys.readouterr().err

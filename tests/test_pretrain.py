@@ -60,6 +60,13 @@ def test_training_lowers_validation_loss_and_writes_metrics(token_data, tmp_path
     assert model.config.n_layer == 2 and model.config.vocab_size == 64
 
 
+@pytest.mark.parametrize("keep, kept", [(2, ["step-00000006", "step-00000008"]),
+                                        (0, ["step-00000003", "step-00000006", "step-00000008"])])
+def test_only_the_newest_checkpoints_are_kept_and_zero_keeps_all(token_data, tmp_path, keep, kept):
+    pretrain(PretrainConfig.from_dict({**TINY, "keep_checkpoints": keep}), token_data, tmp_path / "run", progress=False)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == kept
+
+
 def test_resumed_run_repeats_the_uninterrupted_run_loss_for_loss(token_data, tmp_path):
     config = PretrainConfig.from_dict(TINY)
     pretrain(config, token_data, tmp_path / "straight", progress=False)
