@@ -283,7 +283,10 @@ def cmd_ablation(args) -> None:
 def cmd_layer_transfer(args) -> None:
     from .ablation import run_layer_transfer
 
-    layers = [int(k) for k in args.layers.split(",")] if args.layers else None
+    try:
+        layers = [int(k) for k in args.layers.split(",")] if args.layers else None
+    except ValueError:
+        raise UserError(f"--layers {args.layers!r}: expected comma-separated block counts, e.g. 0,6,12") from None
     run_layer_transfer(args.model, args.data, args.out, args.tasks.split(","), layers, _finetune_config(args))
     print(f"plot: {args.out / 'layer_transfer.png'}; every field: {args.out / 'layer_transfer.csv'}")
 

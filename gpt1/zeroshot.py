@@ -288,11 +288,14 @@ def run_zero_shot(paths: Sequence[Path], tasks: Sequence[str], out: Path, *, dat
     examples = {name: load_examples(name, data_root, winograd, limit, seed) for name in tasks}  # fail early
     models = checkpoints_of(paths)
     todo = [(m, u, r, t) for m, u, r in models for t in tasks if (m.resolve(), t) not in done]
+    loaded = None  # (folder, model, tokenizer): `todo` holds each model's tasks in a row, so load it once
     for model_dir, update, run, task in tqdm(todo, desc="zero-shot", unit="eval", disable=not progress):
-        tokenizer_dir = tokenizer_dir_of(model_dir)
-        if tokenizer_dir is None:
-            raise UserError(f"{model_dir}: holds no tokenizer/ folder")
-        model, tokenizer = load_model(model_dir, device), load_tokenizer(tokenizer_dir)
+        if loaded is None or loaded[0] != model_dir:
+            tokenizer_dir = tokenizer_dir_of(model_dir)
+            if tokenizer_dir is None:
+                raise UserError(f"{model_dir}: holds no tokenizer/ folder")
+            loaded = (model_dir, load_model(model_dir, device), load_tokenizer(tokenizer_dir))
+        model, tokenizer = loaded[1:]
         row = {"run": run, "model": str(model_dir), "update": update,
                **evaluate_heuristic(model, tokenizer, task, *examples[task])}
         with open(results_path, "a", encoding="utf-8") as f:

@@ -311,3 +311,4 @@ def test_layer_transfer_fine_tunes_once_per_k_and_plots_dev_score_against_k(toke
     assert (out / "layer_transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "sst2 dev accuracy: k=0 " in capsys.readouterr().out
     assert main(args[:-6] + ["--layers", "3"]) == 2 and "the model has 2 blocks" in capsys.readouterr().err
+    assert main(args[:-6] + ["--layers", "0,two"]) == 2 and "comma-separated block counts" in capsys.readouterr().err
