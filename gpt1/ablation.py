@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .checkpoint import load_config, resolve_model_dir, tokenizer_dir_of, write_csv
+from .checkpoint import load_config, required_tokenizer_dir, resolve_model_dir, write_csv
 from .datasets import load_benchmark
 from .errors import UserError
 from .finetune import FinetuneConfig, finetune, load_task_model, score_split
@@ -147,9 +147,7 @@ def write_table(rows: list[dict], out: Path) -> str:
 
 def _load_model_and_tokenizer(model: Path):
     model = resolve_model_dir(model)
-    tokenizer_dir = tokenizer_dir_of(model)
-    if tokenizer_dir is None:
-        raise UserError(f"{model}: holds no tokenizer/ folder")
+    tokenizer_dir = required_tokenizer_dir(model)
     return model, load_tokenizer(tokenizer_dir), tokenizer_dir
 
 

@@ -149,6 +149,14 @@ def tokenizer_dir_of(model_dir: Path) -> Path | None:
     return d if d.is_dir() else None
 
 
+def required_tokenizer_dir(model_dir: Path) -> Path:
+    """The tokenizer/ folder of a model directory; a UserError naming the directory when it has none."""
+    d = tokenizer_dir_of(model_dir)
+    if d is None:
+        raise UserError(f"{model_dir}: holds no tokenizer/ folder")
+    return d
+
+
 def load_config(model_dir: Path) -> GPTConfig:
     path = resolve_model_dir(model_dir) / CONFIG_FILE
     try:

@@ -178,15 +178,12 @@ def cmd_finetune(args) -> None:
 
 
 def _task_model_and_tokenizer(model_dir):
-    from .checkpoint import tokenizer_dir_of
+    from .checkpoint import required_tokenizer_dir
     from .finetune import load_task_model, task_model_dir
     from .tokenizer import load_tokenizer
 
     model, info = load_task_model(Path(model_dir))
-    tokenizer_dir = tokenizer_dir_of(task_model_dir(model_dir))
-    if tokenizer_dir is None:
-        raise UserError(f"{model_dir}: holds no tokenizer/ folder")
-    return model, info, load_tokenizer(tokenizer_dir)
+    return model, info, load_tokenizer(required_tokenizer_dir(task_model_dir(model_dir)))
 
 
 def cmd_evaluate(args) -> None:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import (
-    STATE_FILE, load_model, read_json, resolve_model_dir, tokenizer_dir_of, write_csv, write_text_atomic,
+    STATE_FILE, load_model, read_json, required_tokenizer_dir, resolve_model_dir, write_csv, write_text_atomic,
 )
 from .datasets import Example, UserColumns, load_benchmark, load_user_data
 from .errors import UserError
@@ -291,10 +291,7 @@ def run_zero_shot(paths: Sequence[Path], tasks: Sequence[str], out: Path, *, dat
     loaded = None  # (folder, model, tokenizer): `todo` holds each model's tasks in a row, so load it once
     for model_dir, update, run, task in tqdm(todo, desc="zero-shot", unit="eval", disable=not progress):
         if loaded is None or loaded[0] != model_dir:
-            tokenizer_dir = tokenizer_dir_of(model_dir)
-            if tokenizer_dir is None:
-                raise UserError(f"{model_dir}: holds no tokenizer/ folder")
-            loaded = (model_dir, load_model(model_dir, device), load_tokenizer(tokenizer_dir))
+            loaded = (model_dir, load_model(model_dir, device), load_tokenizer(required_tokenizer_dir(model_dir)))
         model, tokenizer = loaded[1:]
         row = {"run": run, "model": str(model_dir), "update": update,
                **evaluate_heuristic(model, tokenizer, task, *examples[task])}
