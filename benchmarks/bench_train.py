@@ -6,6 +6,12 @@ Modes, each against its peer from transformers:
   finetune  fine-tuning step: classifier head on the last token plus the auxiliary LM loss (lambda 0.5),
             vocabulary extended by the 3 fine-tuning tokens.  Peer: OpenAIGPTDoubleHeadsModel with one
             choice per example, HF's GPT-1 model for exactly this loss.
+  finetune-sst2  fine-tuning updates as they come in practice: 32 random SST-2 training sentences per update
+            (transformation `s text e`, real lengths), in forward/backward passes of at most 8 examples, and
+            tokens/s counts the sentences' own tokens. gpt1 groups each update's examples by length
+            (`gpt1.finetune.length_groups`) and drops padding from the LM loss; the peer takes each update
+            in 4 passes of 8 in the order drawn, padded to the longest and with -100 as the padding's LM
+            label, as gradient accumulation with transformers is written. Needs --data.
   generate  sampling with the KV cache, top-k 40, --new-tokens new tokens per sequence (fewer if the context
             is shorter) after a prompt of the shape's length.            Peer: OpenAIGPTLMHeadModel.generate,
             which has no KV cache for GPT-1: it re-reads the whole sequence for every new token.
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import resource
 import statistics
 import subprocess
@@ -34,7 +41,10 @@ from pathlib import Path
 
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
 SHAPES = [(1, 512), (8, 128)]
+SST2_BATCH, SST2_MICRO = 32, 8  # the paper's examples per update; gpt1's default --micro-batch
 GENERATE_SHAPES = [(1, 32), (8, 32)]  # (sequences, prompt tokens)
 N_CLASSES = 2
 
@@ -61,10 +71,10 @@ def build(impl: str, preset: str, device: str, mode: str):
     from gpt1.model import GPT, preset_config
 
     config = preset_config(preset)
-    if mode == "finetune":  # start, delimiter, extract
+    if mode.startswith("finetune"):  # start, delimiter, extract
         config = preset_config(preset, vocab_size=config.vocab_size + 3)
     torch.manual_seed(0)
-    if impl == "gpt1" and mode == "finetune":
+    if impl == "gpt1" and mode.startswith("finetune"):
         from gpt1.finetune import TaskModel
 
         return TaskModel(config, "classification", N_CLASSES).to(device), config
@@ -75,7 +85,7 @@ def build(impl: str, preset: str, device: str, mode: str):
 
     from gpt1.convert import config_to_hf, hf_state_from_gpt1
 
-    hf_class = transformers.OpenAIGPTDoubleHeadsModel if mode == "finetune" else transformers.OpenAIGPTLMHeadModel
+    hf_class = transformers.OpenAIGPTDoubleHeadsModel if mode.startswith("finetune") else transformers.OpenAIGPTLMHeadModel
     hf = hf_class(transformers.OpenAIGPTConfig(**config_to_hf(config)))
     hf.load_state_dict(hf_state_from_gpt1(ours), strict=False)  # lm_head is tied to the embedding
     return hf.to(device), config
@@ -98,14 +108,11 @@ def measure(args) -> dict:
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, config.vocab_size, (args.batch, args.context + 1), generator=gen).to(device)
     tokens = args.batch * args.context
-    if args.mode in ("train", "finetune"):
+    if args.mode == "finetune-sst2":
+        step, step_tokens = _sst2_updates(args, model, autocast, device)
+    elif args.mode in ("train", "finetune"):
         model.train()
-        if args.impl == "gpt1":  # the product's optimizer: fused AdamW, no decay on biases and gains
-            from gpt1.pretrain import decoupled_adam
-
-            optimizer = decoupled_adam(model, lr=1e-4, weight_decay=0.01)
-        else:  # torch's fastest stock AdamW: fused (on CPU too, torch >= 2.4)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
+        optimizer = _optimizer(args.impl, model)
         labels = torch.randint(0, N_CLASSES, (args.batch,), generator=gen).to(device)
         loss_of = _loss if args.mode == "train" else _finetune_loss
         if compile_gpt1:
@@ -157,13 +164,16 @@ def measure(args) -> dict:
                             n=8192 if device.startswith("cuda") else 2048)
 
     matmul_before = matmul_of() if args.impl == "gpt1" else None  # only gpt1's rows use it
-    times = []
+    times, timed_tokens = [], 0
     for _ in range(args.steps):
         t0 = time.perf_counter()
         step()
         _sync(device)
         times.append(time.perf_counter() - t0)
+        timed_tokens += step_tokens() if args.mode == "finetune-sst2" else tokens
     median = statistics.median(times)
+    # Updates of real batches differ in size: their rate is all tokens over all time, not a median step's.
+    tokens_per_s = timed_tokens / sum(times) if args.mode == "finetune-sst2" else tokens / median
     if args.profile and args.impl == "gpt1":
         name = f"{args.mode}-{args.dtype}-{args.batch}x{args.context}{'-compile' if args.compile else ''}.txt"
         try:
@@ -175,7 +185,7 @@ def measure(args) -> dict:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
     matmul = max(matmul_before, matmul_of()) if matmul_before is not None else None
-    return {"tokens_per_s": tokens / median, "step_s": median, "peak_mib": peak, "first_step_s": first_step,
+    return {"tokens_per_s": tokens_per_s, "step_s": median, "peak_mib": peak, "first_step_s": first_step,
             "matmul_flops_per_s": matmul}
 
 
@@ -212,12 +222,61 @@ def _finetune_loss(impl, model, ids, labels):
     return out.mc_loss + 0.5 * out.loss
 
 
+def _sst2_updates(args, model, autocast, device: str):
+    """The step of `finetune-sst2`: one update on the next batch of a fixed random sequence of SST-2 batches (the
+    same for both sides), and a function giving the sentence tokens of the step that last ran."""
+    from gpt1.datasets import load_benchmark
+    from gpt1.finetune import GROUP_OVERHEAD_TOKENS, GPU_GROUP_OVERHEAD_TOKENS, InputTransform, accumulate_gradients
+    from gpt1.finetune import collate, encode_examples, length_groups
+    from gpt1.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(Path(args.data) / "gpt1_vocab")
+    task = load_benchmark("sst2", Path(args.data) / "glue" / "SST-2")
+    n_steps = args.warmup + args.steps + 1  # the first step, the warm-up steps, the timed steps, a profiled one
+    examples = random.Random(0).sample(task.splits["train"], SST2_BATCH * n_steps)
+    encoded, _ = encode_examples(examples, InputTransform(tokenizer, "classification", args.context))
+    batches = [encoded[i : i + SST2_BATCH] for i in range(0, len(encoded), SST2_BATCH)]
+    model.train()
+    optimizer = _optimizer(args.impl, model)
+    overhead = GROUP_OVERHEAD_TOKENS.get(device.split(":")[0], GPU_GROUP_OVERHEAD_TOKENS)
+    done = []
+
+    def step():
+        batch = batches[len(done) % len(batches)]
+        if args.impl == "gpt1":
+            accumulate_gradients(model, length_groups(batch, SST2_MICRO, overhead), 0.5, torch.device(device), autocast)
+        else:
+            for m in range(0, len(batch), SST2_MICRO):
+                ids, lengths, labels = collate(batch[m : m + SST2_MICRO])
+                ids, lengths, labels = ids.to(device), lengths.to(device), labels.to(device)
+                positions = torch.arange(ids.size(-1), device=device)
+                real = positions < lengths[..., None]  # (B, 1, T)
+                with autocast:
+                    out = model(ids, attention_mask=real.view(-1, ids.size(-1)).long(), mc_token_ids=lengths - 1,
+                                labels=ids.masked_fill(~real, -100), mc_labels=torch.zeros_like(labels))
+                ((out.mc_loss + 0.5 * out.loss) * (len(labels) / len(batch))).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done.append(sum(len(seq) for ex in batch for seq in ex.sequences))
+
+    return step, lambda: done[-1]
+
+
+def _optimizer(impl: str, model):
+    if impl == "gpt1":  # the product's optimizer: fused AdamW, no decay on biases and gains
+        from gpt1.pretrain import decoupled_adam
+
+        return decoupled_adam(model, lr=1e-4, weight_decay=0.01)
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)  # torch's fastest stock
+
+
 def run_child(args, impl: str, mode: str, dtype: str, batch: int, context: int) -> dict | None:
     """One measurement in a fresh process; None (and the error printed) if it failed, so that the others still run."""
     cmd = [sys.executable, __file__, "--child", "--impl", impl, "--mode", mode, "--dtype", dtype, "--batch",
            str(batch), "--context", str(context), "--preset", args.preset, "--steps", str(args.steps), "--warmup",
            str(args.warmup), "--threads", str(args.threads), "--device", args.device,
-           "--new-tokens", str(args.new_tokens)] + (["--compile"] if args.compile else []) \
+           "--new-tokens", str(args.new_tokens), "--data", str(args.data)] + (["--compile"] if args.compile else []) \
         + (["--profile", args.profile] if args.profile else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
@@ -254,13 +313,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
-    parser.add_argument("--modes", nargs="+", default=["train", "infer", "finetune", "generate"])
+    parser.add_argument("--modes", nargs="+", default=["train", "infer", "finetune", "finetune-sst2", "generate"])
     parser.add_argument("--shapes", nargs="+", default=[f"{b}x{t}" for b, t in SHAPES],
                         help="BATCHxCONTEXT for train/infer/finetune (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=1, help="measure each implementation this many times, "
                         "alternating (gpt1, peer, peer, gpt1, ...), and keep the median run, the slower middle "
                         "one of an even count (default %(default)s)")
     parser.add_argument("--new-tokens", type=int, default=128, help="generate: new tokens per sequence")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="finetune-sst2: the shared data folder, "
+                        "with gpt1_vocab/ and glue/SST-2/ (default %(default)s)")
     parser.add_argument("--compile", action="store_true", help="torch.compile gpt1's model (not the peer's)")
     parser.add_argument("--profile", metavar="DIR", help="also profile one gpt1 step per row: an operator table "
                         "(own time, input shapes) per row in DIR")
@@ -292,6 +353,9 @@ def main() -> None:
                   "(no native bf16 matrix instructions)")
             continue
         peaks[d] = matmul_flops(dtype, args.device, n=8192 if args.device.startswith("cuda") else 2048)
+    if "finetune-sst2" in args.modes and not (args.data / "glue" / "SST-2").is_dir():
+        print(f"skipping finetune-sst2: {args.data / 'glue' / 'SST-2'} not found (pass --data)")
+        args.modes = [mode for mode in args.modes if mode != "finetune-sst2"]
     rows = []
 
     def write() -> None:  # after every row, so that an interrupted run keeps what it measured
@@ -304,7 +368,7 @@ def main() -> None:
     print(f"device {args.device}, {args.threads} threads, torch {torch.__version__}, transformers "
           f"{transformers.__version__}, preset {args.preset}")
     print("matmul peak at the start: " + ", ".join(f"{d} {v / 1e9:.0f} GFLOP/s" for d, v in peaks.items()))
-    header = f"{'mode':8s} {'dtype':5s} {'shape':7s} {'gpt1 tok/s':>11s} {'HF tok/s':>9s} {'ratio':>6s} " \
+    header = f"{'mode':13s} {'dtype':5s} {'shape':7s} {'gpt1 tok/s':>11s} {'HF tok/s':>9s} {'ratio':>6s} " \
              f"{'gpt1 MiB':>9s} {'HF MiB':>8s} {'mem':>5s} {'FLOP/s vs matmul':>17s} {'1st step s':>10s}" \
              + (f" {'MFU':>5s}" if args.peak_tflops else "")
     print(header)
@@ -313,12 +377,15 @@ def main() -> None:
             shapes = [tuple(map(int, shape.split("x"))) for shape in args.shapes]
             if mode == "generate":
                 shapes = [(b, min(c, config.n_positions // 4)) for b, c in GENERATE_SHAPES]
+            if mode == "finetune-sst2":  # examples per update; sentences are cut to the context, if ever
+                shapes = [(SST2_BATCH, config.n_positions)]
             for batch, context in dict.fromkeys((b, min(c, config.n_positions)) for b, c in shapes):
                 ours, peer = run_pair(args, mode, dtype, batch, context)
                 if ours is None or peer is None:
                     continue
-                # generation attends to a growing cache: its FLOP/s is left out (shown as 0)
-                flops = {"train": 1, "finetune": 1, "infer": 1 / 3, "generate": 0}[mode] * flops_per_token(config, context)
+                # generation attends to a growing cache, and real fine-tuning batches hold sentences of all lengths:
+                # their FLOP/s is left out (shown as 0)
+                flops = {"train": 1, "finetune": 1, "infer": 1 / 3}.get(mode, 0) * flops_per_token(config, context)
                 achieved = ours["tokens_per_s"] * flops
                 row = {"mode": mode, "dtype": dtype, "batch": batch, "context": context, "gpt1": ours, "hf": peer,
                        "ratio": ours["tokens_per_s"] / peer["tokens_per_s"],
@@ -327,7 +394,7 @@ def main() -> None:
                 if args.peak_tflops:
                     row["mfu"] = achieved / (args.peak_tflops * 1e12)
                 rows.append(row)
-                print(f"{mode:8s} {dtype:5s} {batch}x{context:<5d} {ours['tokens_per_s']:11.0f} "
+                print(f"{mode:13s} {dtype:5s} {batch}x{context:<5d} {ours['tokens_per_s']:11.0f} "
                       f"{peer['tokens_per_s']:9.0f} {row['ratio']:6.2f} {ours['peak_mib']:9.0f} {peer['peak_mib']:8.0f} "
                       f"{row['memory_ratio']:5.2f} {achieved / row['matmul_flops_per_s']:16.0%} {ours['first_step_s']:10.1f}"
                       + (f" {row['mfu']:5.1%}" if args.peak_tflops else ""), flush=True)

@@ -386,7 +386,12 @@ def lm_cross_entropy(
     """
     h = h.reshape(-1, h.size(-1))  # (N, C)
     targets = targets.reshape(-1)  # (N,)
-    n_valid = (targets != ignore_index).sum().clamp(min=1)
+    valid = targets != ignore_index
+    n_valid = valid.sum().clamp(min=1)
+    # Ignored tokens (a fine-tuning batch's padding, often more than half of it) are dropped before the products,
+    # which are the loss's whole cost. The test reads the mask on the host; a compiled graph keeps every token.
+    if not torch.compiler.is_compiling() and not bool(valid.all()):
+        h, targets = h[valid], targets[valid]  # (n_valid, C), (n_valid,)
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         total = _ChunkedLinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk_tokens, head_gradient)
     else:

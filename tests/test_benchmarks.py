@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,8 +21,11 @@ def test_bench_train_measures_every_mode_against_the_peer(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     rows = {(r["mode"], r["batch"], r["context"]): r for r in report["rows"]}
-    assert set(rows) == {("train", 2, 16), ("infer", 2, 16), ("finetune", 2, 16), ("generate", 1, 16),
-                         ("generate", 8, 16)}  # generation prompts are a quarter of the test preset's 64
+    expected = {("train", 2, 16), ("infer", 2, 16), ("finetune", 2, 16), ("generate", 1, 16),
+                ("generate", 8, 16)}  # generation prompts are a quarter of the test preset's 64
+    with_sst2 = (SHARED_DATA / "glue" / "SST-2").is_dir()  # real batches of 32 sentences, up to the context of 64
+    assert set(rows) == expected | ({("finetune-sst2", 32, 64)} if with_sst2 else set())
+    assert ("skipping finetune-sst2" in result.stdout) != with_sst2
     assert report["new_tokens"] == 4
     for row in rows.values():
         for impl in ("gpt1", "hf"):
@@ -32,5 +36,6 @@ def test_bench_train_measures_every_mode_against_the_peer(tmp_path):
     assert "failed" not in result.stdout
     profiles = {p.name: p.read_text() for p in (tmp_path / "profiles").iterdir()}
     assert set(profiles) == {"train-fp32-2x16.txt", "infer-fp32-2x16.txt", "finetune-fp32-2x16.txt",
-                             "generate-fp32-1x16.txt", "generate-fp32-8x16.txt"}
+                             "generate-fp32-1x16.txt", "generate-fp32-8x16.txt"} | (
+        {"finetune-sst2-fp32-32x64.txt"} if with_sst2 else set())
     assert all("aten::" in table for table in profiles.values())

@@ -1,5 +1,6 @@
 """Fine-tuning: the input transformations, the heads, the auxiliary loss, layer transfer, the training loop."""
 
+import contextlib
 import json
 import random
 from types import SimpleNamespace
@@ -9,7 +10,8 @@ import torch
 
 from gpt1.checkpoint import save_model
 from gpt1.finetune import (
-    FinetuneConfig, InputTransform, TaskModel, build_task_model, collate, finetune, finetune_lr, load_task_model,
+    FinetuneConfig, InputTransform, TaskModel, accumulate_gradients, build_task_model, collate, finetune, finetune_lr,
+    length_groups, lm_targets, load_task_model,
 )
 from gpt1.model import GPT, GPTConfig
 from conftest import require_shared_data
@@ -100,6 +102,61 @@ def test_padding_changes_neither_the_task_logits_nor_the_lm_loss():
     long_ids, long_len, _ = collate(batch[1:])
     per_token = (alone_lm_loss * 3 + model(long_ids, long_len, lm_loss=True)[1] * 6) / 9  # 3 and 6 predicted tokens
     torch.testing.assert_close(lm_loss, per_token)
+
+
+def _padded_tokens(groups):
+    return sum(len(g) * max(len(ex.sequences) * max(map(len, ex.sequences)) for ex in g) for g in groups)
+
+
+def test_length_groups_cover_the_batch_once_in_the_cheapest_contiguous_split():
+    rng = random.Random(0)
+    for trial in range(30):
+        k = rng.choice([1, 2])
+        batch = [SimpleNamespace(sequences=[[1] * rng.randint(2, 40)] * k, label=i) for i in range(rng.randint(1, 9))]
+        max_size, overhead = rng.randint(1, 4), rng.choice([0, 16, 64, 10_000])
+        groups = length_groups(batch, max_size, overhead)
+        assert sorted(id(ex) for g in groups for ex in g) == sorted(map(id, batch))
+        assert all(1 <= len(g) <= max_size for g in groups)
+        flat = [len(ex.sequences[0]) for g in groups for ex in g]
+        assert flat == sorted(flat, reverse=True)
+        # brute force over every way to cut the length-sorted batch into groups of at most max_size
+        n, best = len(batch), None
+        for mask in range(2 ** (n - 1)):
+            cuts = [0] + [i + 1 for i in range(n - 1) if mask >> i & 1] + [n]
+            parts = [list(range(a, b)) for a, b in zip(cuts, cuts[1:])]
+            if any(len(part) > max_size for part in parts):
+                continue
+            ordered = [[flat[i] for i in part] for part in parts]
+            cost = sum(len(part) * max(part) * k + overhead for part in ordered)
+            best = cost if best is None else min(best, cost)
+        assert _padded_tokens(groups) + overhead * len(groups) == best, trial
+    # a large overhead keeps the fewest groups; none keeps examples of different lengths apart
+    batch = [SimpleNamespace(sequences=[[1] * n], label=0) for n in (30, 3, 29, 4, 5, 31)]
+    assert [len(g) for g in length_groups(batch, 3, 10_000)] == [3, 3]
+    assert [[len(ex.sequences[0]) for ex in g] for g in length_groups(batch, 6, 0)] == [[31], [30], [29], [5], [4], [3]]
+
+
+def test_the_update_gradient_does_not_depend_on_how_the_batch_is_grouped():
+    """accumulate_gradients weights each group by its share of examples and LM targets: one padded batch, groups
+    of one example and the length groups give the same gradient (dropout off) and the same reported losses."""
+    torch.manual_seed(0)
+    model = TaskModel(small_config(vocab_size=100), "similarity", 3).eval()
+    rng = random.Random(1)
+    batch = [SimpleNamespace(sequences=[[rng.randrange(100) for _ in range(n)]] * 2, label=rng.randrange(3))
+             for n in (3, 17, 5, 9, 30, 4)]
+    assert lm_targets(batch) == 2 * (2 + 16 + 4 + 8 + 29 + 3)
+    results = []
+    for groups in ([batch], [[ex] for ex in batch], length_groups(batch, 2, 0)):
+        model.zero_grad()
+        task, lm, _ = accumulate_gradients(model, groups, 0.5, torch.device("cpu"), contextlib.nullcontext())
+        results.append((task, lm, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    ids, lengths, labels = collate(batch)
+    logits, lm_loss = model(ids, lengths, lm_loss=True)
+    assert results[0][:2] == pytest.approx((model.task_loss(logits, labels).item(), lm_loss.item()), rel=1e-5)
+    for task, lm, grads in results[1:]:
+        assert (task, lm) == pytest.approx(results[0][:2], rel=1e-5)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, results[0][2][name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_layer_transfer_takes_embeddings_and_the_first_k_blocks(tokenizer, pretrained):
