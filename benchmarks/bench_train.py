@@ -226,8 +226,9 @@ def _sst2_updates(args, model, autocast, device: str):
     """The step of `finetune-sst2`: one update on the next batch of a fixed random sequence of SST-2 batches (the
     same for both sides), and a function giving the sentence tokens of the step that last ran."""
     from gpt1.datasets import load_benchmark
-    from gpt1.finetune import GROUP_OVERHEAD_TOKENS, GPU_GROUP_OVERHEAD_TOKENS, InputTransform, accumulate_gradients
-    from gpt1.finetune import collate, encode_examples, length_groups
+    from gpt1.finetune import (
+        InputTransform, accumulate_gradients, collate, encode_examples, group_overhead_tokens, length_groups,
+    )
     from gpt1.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(Path(args.data) / "gpt1_vocab")
@@ -238,7 +239,7 @@ def _sst2_updates(args, model, autocast, device: str):
     batches = [encoded[i : i + SST2_BATCH] for i in range(0, len(encoded), SST2_BATCH)]
     model.train()
     optimizer = _optimizer(args.impl, model)
-    overhead = GROUP_OVERHEAD_TOKENS.get(device.split(":")[0], GPU_GROUP_OVERHEAD_TOKENS)
+    overhead = group_overhead_tokens(torch.device(device))
     done = []
 
     def step():

@@ -134,11 +134,11 @@ def lm_targets(examples: list[Encoded]) -> int:
     return sum(max(len(seq) - 1, 0) for example in examples for seq in example.sequences)
 
 
-# A forward and backward pass costs about as much on top of its tokens as this many tokens do (CPU, GPT-1 preset,
-# 2 threads: 0.25-0.33 s against 4.5 ms a token, from shapes 1x16 to 32x38). A GPU runs a fine-tuning batch's few
-# hundred tokens in about the time its kernel launches take, so there a group costs far more than its tokens.
-GROUP_OVERHEAD_TOKENS = {"cpu": 64}
-GPU_GROUP_OVERHEAD_TOKENS = 8192
+def group_overhead_tokens(device: torch.device) -> int:
+    """What one more forward and backward pass costs on top of its tokens, in tokens: on CPU (GPT-1 preset,
+    2 threads) 0.25-0.33 s against 4.5 ms a token, from shapes 1x16 to 32x38. A GPU runs a fine-tuning group's
+    few hundred tokens in about the time its kernel launches take, so there a group costs far more."""
+    return 64 if device.type == "cpu" else 8192
 
 
 def length_groups(batch: list[Encoded], max_size: int, overhead_tokens: int) -> list[list[Encoded]]:
@@ -391,7 +391,6 @@ def finetune(
     if config.micro_batch < 1:
         raise UserError(f"--micro-batch {config.micro_batch}: must be at least 1")
     micro = min(config.micro_batch, config.batch_size)
-    overhead_tokens = GROUP_OVERHEAD_TOKENS.get(dev_.type, GPU_GROUP_OVERHEAD_TOKENS)
     updates_per_epoch = math.ceil(len(train) / config.batch_size)
     total = updates_per_epoch * config.epochs
 
@@ -413,7 +412,7 @@ def finetune(
                 group["lr"] = lr
             t_update = time.perf_counter()
             task_sum, lm_sum, data_time = accumulate_gradients(
-                model, length_groups(batch, micro, overhead_tokens), config.lm_coef, dev_, autocast)
+                model, length_groups(batch, micro, group_overhead_tokens(dev_)), config.lm_coef, dev_, autocast)
             data_seconds += data_time
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()

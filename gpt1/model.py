@@ -123,10 +123,11 @@ _HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear`. On CPU in fp32 the forward product goes through oneDNN (`torch.ops.mkldnn`), which on AVX2
-    runs this model's wide outputs (768 -> 2304, 3072) at about 1.3x the speed of the BLAS call behind
-    `F.linear`, and the 40,478-word head at 1.4-2x (benchmarks/README.md). The backward products stay with BLAS,
-    the faster of the two there."""
+    """`F.linear`. On CPU in fp32 the forward product goes through oneDNN (`torch.ops.mkldnn`). On the AVX2
+    development VM it ran this model's wide outputs (768 -> 2304, 3072) at about 1.3x the speed of the BLAS
+    call behind `F.linear` and the 40,478-word head at 1.4-2x on slow days; on fast days the head at 1.1x and
+    the rest at 0.85x (benchmarks/README.md). The backward products stay with BLAS, the faster of the two
+    there when measured (session 8)."""
     if not (_HAS_ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
         return F.linear(x, weight, bias)

@@ -196,3 +196,43 @@ def test_glue_score_averages_the_dev_results_of_finetune_runs(tmp_path, capsys):
     expected = (0.40 + 0.75 + 0.65) / 3  # MRPC: mean of F1 and accuracy; MNLI: mean of matched and mismatched
     assert json.loads((tmp_path / "glue.json").read_text())["glue_score"] == pytest.approx(expected)
     assert f"GLUE score {100 * expected:.1f}" in out
+
+
+FREE_AND_MEASURE = """
+import sys
+from gpt1.cli import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+block = bytearray(256 * 2**20)  # touched: bytearray zero-fills it
+before = rss_mib()
+del block
+print(applied, before - rss_mib())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_training_commands_keep_freed_memory_for_the_next_step():
+    """With keep_freed_memory, a freed 256 MiB block stays with the process for the next step to reuse; by default
+    glibc hands it back to the OS (and the next step page-faults it in again)."""
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", FREE_AND_MEASURE, mode], capture_output=True, text=True, check=True)
+        applied, released = out.stdout.split()
+        return applied == "True", float(released)
+
+    applied, released_kept = run("keep")
+    if not applied:
+        pytest.skip("not glibc")
+    _, released_default = run("default")
+    assert released_default > 200 and released_kept < 10
+
+
+def test_only_training_commands_change_the_allocator(tmp_path, monkeypatch, capsys):
+    import gpt1.cli
+
+    calls = []
+    monkeypatch.setattr(gpt1.cli, "keep_freed_memory", lambda: calls.append(True))
+    assert main(["finetune", "--out", str(tmp_path / "run")]) == 2  # no data given: a UserError, after the setting
+    assert main(["glue-score", str(tmp_path / "absent")]) == 2
+    assert len(calls) == 1
