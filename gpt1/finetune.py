@@ -146,7 +146,8 @@ def length_groups(batch: list[Encoded], max_size: int, overhead_tokens: int) -> 
     length: sorted longest first, then cut where it minimises the tokens computed (each group is padded to its
     longest example) plus `overhead_tokens` per group. Fine-tuning batches are mostly padding otherwise (random
     batches of 32 fill 34% of their (B, T) positions on SST-2, 40% on RTE). The update's gradient does not depend
-    on the grouping (`finetune` weights each group's losses by its share of the batch)."""
+    on the grouping, but for dropout's random draws (`accumulate_gradients` weights each group's losses by its
+    share of the batch)."""
     ordered = sorted(batch, key=lambda ex: -max(map(len, ex.sequences)))
     size = [len(ex.sequences) * max(map(len, ex.sequences)) for ex in ordered]  # tokens when padded to itself
     n = len(ordered)
