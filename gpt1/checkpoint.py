@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor
 
 from .errors import UserError
 from .model import GPT, GPTConfig
@@ -104,24 +105,39 @@ class AtomicDirectory:
         return False
 
 
+def whole_tensors(tensors: dict[str, torch.Tensor], keep: bool = True) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies of `tensors`, with the shards of FSDP's DTensors gathered first. Gathering is a
+    collective, so under FSDP every process calls this; those with `keep=False` drop each whole tensor as soon
+    as it is made, so that only the process that writes ever holds the whole state."""
+    whole = {}
+    for name, value in tensors.items():
+        value = value.detach()
+        if isinstance(value, DTensor):
+            value = value.full_tensor()
+        if keep:
+            whole[name] = value.contiguous().cpu()
+    return whole
+
+
 def state_dict_for_saving(model: GPT) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return whole_tensors(model.state_dict())
 
 
-def write_model_files(directory: Path, model: GPT, tokenizer_dir: Path | None = None) -> None:
+def write_model_files(directory: Path, config: GPTConfig, weights: dict[str, torch.Tensor],
+                      tokenizer_dir: Path | None = None) -> None:
     """Write config.json, model.safetensors and the tokenizer into an (already private) directory."""
     directory = Path(directory)
     with open(directory / CONFIG_FILE, "w", encoding="utf-8") as f:
-        json.dump(model.config.to_dict(), f, indent=2)
+        json.dump(config.to_dict(), f, indent=2)
         f.write("\n")
-    save_file(state_dict_for_saving(model), str(directory / WEIGHTS_FILE), metadata={"format": "gpt1"})
+    save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": "gpt1"})
     if tokenizer_dir is not None:
         copy_tokenizer(tokenizer_dir, directory / TOKENIZER_DIR)
 
 
 def save_model(model: GPT, directory: Path, tokenizer_dir: Path | None = None) -> Path:
     with AtomicDirectory(directory) as tmp:
-        write_model_files(tmp, model, tokenizer_dir)
+        write_model_files(tmp, model.config, state_dict_for_saving(model), tokenizer_dir)
     return Path(directory)
 
 
@@ -199,14 +215,13 @@ def load_model(directory, device: str | torch.device = "cpu") -> GPT:
     return model.to(device).eval()
 
 
-def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """Split an optimizer state_dict into flat tensors (safetensors) and JSON-able param groups."""
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer, keep: bool = True) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Split an optimizer state_dict into flat tensors (safetensors) and JSON-able param groups; FSDP's
+    shards gathered as in `whole_tensors`."""
     sd = optimizer.state_dict()
-    tensors = {}
-    for index, slots in sd["state"].items():
-        for slot, value in slots.items():
-            tensors[f"{index}.{slot}"] = torch.as_tensor(value).detach().contiguous().cpu()
-    return tensors, sd["param_groups"]
+    tensors = {f"{index}.{slot}": torch.as_tensor(value)
+               for index, slots in sd["state"].items() for slot, value in slots.items()}
+    return whole_tensors(tensors, keep), sd["param_groups"]
 
 
 def optimizer_from_tensors(tensors: dict[str, torch.Tensor], param_groups: list[dict]) -> dict:

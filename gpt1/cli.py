@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import inspect
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -309,18 +311,27 @@ def _scalar_fields():
     return [f for f in dataclasses.fields(PretrainConfig) if f.type in ("int", "float", "str", "bool")]
 
 
+def _field_comments(config_class) -> dict[str, str]:
+    """The comment after each field of a settings dataclass, which documents it in one place."""
+    source = inspect.getsource(config_class)
+    return dict(re.findall(r"^    (\w+): [^#\n]*#\s*(.+)$", source, flags=re.MULTILINE))
+
+
 def _add_config_options(p, config_class, names: list[str], help_text) -> None:
     """One option per named field of a settings dataclass: a switch for a bool, a typed value otherwise;
-    an option left out stays None, so the recipe's or the dataclass's value holds."""
+    an option left out stays None, so the recipe's or the dataclass's value holds. `help_text(field,
+    comment)` words the help from the field's comment in the class ('' if it has none)."""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
+    comments = _field_comments(config_class)
     for name in names:
         f = fields[name]
         flag = f"--{name.replace('_', '-')}"
+        help_ = help_text(f, comments.get(name, "")).replace("%", "%%")  # argparse formats help with %
         if f.type == "bool":
-            p.add_argument(flag, dest=name, action="store_true", default=None, help=help_text(f))
+            p.add_argument(flag, dest=name, action="store_true", default=None, help=help_)
         else:
             kind = {"int": int, "float": float, "str": str}[f.type]
-            p.add_argument(flag, dest=name, type=kind, default=None, help=help_text(f))
+            p.add_argument(flag, dest=name, type=kind, default=None, help=help_)
 
 
 def _add_finetune_settings(p, only: tuple[str, ...] | None = None) -> None:
@@ -328,7 +339,8 @@ def _add_finetune_settings(p, only: tuple[str, ...] | None = None) -> None:
     from .finetune import FinetuneConfig
 
     names = [f.name for f in dataclasses.fields(FinetuneConfig) if only is None or f.name in only]
-    _add_config_options(p, FinetuneConfig, names, lambda f: f"default {f.default}")
+    _add_config_options(p, FinetuneConfig, names,
+                        lambda f, comment: f"{comment} (default {f.default})" if comment else f"default {f.default}")
 
 
 def _finetune_config(args):
@@ -409,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .pretrain import PretrainConfig
 
     _add_config_options(p, PretrainConfig, [f.name for f in _scalar_fields()],
-                        lambda f: f"turn on {f.name}" if f.type == "bool" else f"override the recipe's {f.name}")
+                        lambda f, comment: comment or f"turn on {f.name}" if f.type == "bool"
+                        else f"override the recipe's {f.name}" + (f": {comment}" if comment else ""))
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("generate", help="sample text from a model")

@@ -20,8 +20,8 @@ from .checkpoint import (
     load_weights_into,
     read_json,
     read_safetensors,
+    save_model,
     tokenizer_dir_of,
-    write_model_files,
 )
 from .errors import UserError
 from .finetune import load_task_model, task_model_dir
@@ -276,8 +276,7 @@ def convert(src: Path, dst: Path, src_format: str, dst_format: str) -> Path:
         raise UserError(f"unknown source format {src_format!r}")
     try:
         if dst_format == "gpt1":
-            with AtomicDirectory(dst) as tmp:
-                write_model_files(tmp, model, tokenizer_dir)
+            save_model(model, dst, tokenizer_dir)
         elif dst_format == "hf":
             write_hf(model, dst, tokenizer_dir)
         else:

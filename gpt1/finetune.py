@@ -220,21 +220,21 @@ def extend_vocabulary(state: dict[str, torch.Tensor], n_new: int, std: float, ge
 
 @dataclass
 class FinetuneConfig:
-    lr: float = 6.25e-5
+    lr: float = 6.25e-5  # peak learning rate
     batch_size: int = 32  # examples per update
     micro_batch: int = 8  # at most this many examples per forward/backward, grouped by length (`length_groups`)
-    epochs: int = 3
+    epochs: int = 3  # the epoch with the best dev score is kept
     warmup_fraction: float = 0.002  # of all updates; then linear decay to 0
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    weight_decay: float = 0.01  # decoupled, on tensors of 2+ dims
+    grad_clip: float = 1.0  # global gradient-norm clipping
     lm_coef: float = 0.5  # lambda of the auxiliary LM loss; 0 turns it off
-    clf_pdrop: float = 0.1
+    clf_pdrop: float = 0.1  # dropout on the extract state before the task head
     max_len: int = 0  # tokens per sequence; 0 = the model's context
     transfer_layers: int = -1  # blocks taken from the pre-trained model; -1 = all
-    from_scratch: bool = False
+    from_scratch: bool = False  # random initialisation instead of pre-trained weights
     max_train_examples: int = 0  # 0 = all
-    dtype: str = "fp32"
-    seed: int = 0
+    dtype: str = "fp32"  # "fp32" or "bf16" (autocast)
+    seed: int = 0  # of the new weights, the batch order and the dropout masks
 
 
 def finetune_lr(update: int, total: int, config: FinetuneConfig) -> float:

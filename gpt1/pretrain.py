@@ -2,8 +2,10 @@
 
 The paper's recipe: Adam (decoupled weight decay 0.01 on every tensor of 2+ dims, as the original code does),
 max lr 2.5e-4 with linear warm-up then cosine annealing to 0, global gradient-norm clipping at 1.0, gradient
-accumulation up to a tokens-per-update target. Runs the same under `torchrun` (DistributedDataParallel;
-gloo on CPU, nccl on GPU): every process draws its own windows.
+accumulation up to a tokens-per-update target. Runs the same under `torchrun` (gloo on CPU, nccl on GPU),
+every process drawing its own windows: DistributedDataParallel by default, each process holding the whole
+model, or with `fsdp` FSDP2's `fully_shard`, each process holding a share of the weights, gradients and Adam
+moments. Checkpoints hold whole tensors either way, so a run can resume under the other, or on one process.
 
 Determinism: the windows of a step and the dropout seed of each micro-batch are pure functions of
 (seed, step, micro-batch, rank). Together with the saved weights and optimizer moments, that makes a resumed
@@ -30,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from safetensors.torch import save_file
+from torch.distributed.tensor import DTensor, distribute_tensor
 from tqdm import tqdm
 
 from .checkpoint import (
@@ -43,6 +46,7 @@ from .checkpoint import (
     optimizer_to_tensors,
     read_json,
     read_safetensors,
+    whole_tensors,
     write_json_atomic,
     write_model_files,
     WEIGHTS_FILE,
@@ -65,22 +69,23 @@ class PretrainConfig:
     context: int = 0  # tokens per window; 0 means the model's n_positions
     micro_batch: int = 8  # windows per forward/backward on one process
     tokens_per_update: int = 32768  # reached by gradient accumulation over micro-batches and processes
-    max_updates: int = 0  # 0: derive from epochs
+    max_updates: int = 0  # 0 derives it from epochs
     epochs: float = 100.0  # passes over the training tokens (used when max_updates is 0)
-    lr: float = 2.5e-4
-    warmup_updates: int = 2000
-    weight_decay: float = 0.01
+    lr: float = 2.5e-4  # peak learning rate, after the linear warm-up
+    warmup_updates: int = 2000  # then cosine annealing to 0 at the last update
+    weight_decay: float = 0.01  # decoupled, on tensors of 2+ dims
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    grad_clip: float = 1.0
-    dtype: str = "fp32"  # or "bf16" (autocast)
+    grad_clip: float = 1.0  # global gradient-norm clipping
+    dtype: str = "fp32"  # "fp32" or "bf16" (autocast)
     compile: bool = False  # torch.compile the loss computation (the first updates pay the compile time)
     activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, ~1/3 more compute
+    fsdp: bool = False  # under torchrun: shard weights, gradients and Adam moments across processes, not replicate
     eval_every: int = 500  # updates
     eval_windows: int = 64  # validation windows per evaluation
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 1000  # updates
     keep_checkpoints: int = 2  # the newest ones; 0 keeps every checkpoint (for `gpt1 zero-shot` over a run)
-    seed: int = 1234
+    seed: int = 1234  # of the initial weights, the windows and the dropout masks
 
     @classmethod
     def from_recipe(cls, recipe: str | Path, overrides: dict | None = None) -> PretrainConfig:
@@ -143,7 +148,7 @@ def decoupled_adam(model: nn.Module, lr: float, weight_decay: float, betas=(0.9,
 
 
 class LanguageModelLoss(nn.Module):
-    """Wraps the model so that DistributedDataParallel sees the loss computation as its forward."""
+    """Wraps the model so that DistributedDataParallel (and torch.compile) see the loss computation as its forward."""
 
     def __init__(self, model: GPT):
         super().__init__()
@@ -168,6 +173,8 @@ class Distributed:
         if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
             return cls()
         backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL and FSDP's device mesh use the current device, cuda:0 otherwise
         dist.init_process_group(backend)
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
@@ -205,6 +212,31 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False
+
+
+def shard_model(model: GPT, device: torch.device) -> None:
+    """FSDP2 in place, over all processes on `device`'s type: each block one unit, gathered whole just before
+    its forward and its backward pass and freed after; the embeddings (with the tied head) and the rest the
+    root unit. The parameters become DTensors holding this process's share; make optimizers afterwards."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))  # FSDP's default is CUDA whenever present
+    for block in model.h:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    register_fsdp_forward_method(model, "lm_loss")  # training and evaluation call it instead of forward
+
+
+def _gradient_sync(module: nn.Module, sync: bool):
+    """Gradient accumulation across processes: gradients are reduced at the update's last micro-batch only."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(module, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext() if sync else module.no_sync()
+    if isinstance(module, FSDPModule):
+        module.set_requires_gradient_sync(sync)
+    return contextlib.nullcontext()
 
 
 def _seed(*parts: int) -> int:
@@ -257,13 +289,13 @@ def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_upd
 
     torch.manual_seed(config.seed)
     model = GPT(model_config)
-    step, tokens_seen = 0, 0
-    optimizer = make_optimizer(model, config)
+    step, tokens_seen, checkpoint = 0, 0, None
     latest = out_dir / LATEST_FILE
     if resume and latest.exists():
-        step, tokens_seen = _load_checkpoint(out_dir, model, optimizer, config)
+        checkpoint = resolve_model_dir(out_dir)
+        step, tokens_seen = _load_weights(checkpoint, model)
         if ddp.is_main:
-            print(f"resumed from {resolve_model_dir(out_dir)} at update {step}", file=sys.stderr)
+            print(f"resumed from {checkpoint} at update {step}", file=sys.stderr)
     elif resume:
         raise UserError(f"{out_dir}: nothing to resume (no {LATEST_FILE} file)")
     elif latest.exists():
@@ -272,7 +304,11 @@ def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_upd
         src = resolve_model_dir(init_from)
         load_weights_into(model, read_safetensors(src / WEIGHTS_FILE), src / WEIGHTS_FILE)
     model.to(dev)
-    _move_optimizer_state(optimizer, dev)
+    if config.fsdp and ddp.world_size > 1:
+        shard_model(model, dev)
+    optimizer = make_optimizer(model, config)
+    if checkpoint is not None:
+        _load_optimizer(checkpoint, optimizer)
 
     if ddp.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -281,8 +317,9 @@ def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_upd
         _truncate_metrics(out_dir / METRICS_FILE, step)
     model.activation_checkpointing = config.activation_checkpointing
     loss_module: nn.Module = LanguageModelLoss(model)
-    if ddp.world_size > 1:
+    if ddp.world_size > 1 and not config.fsdp:
         loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=[dev.index] if dev.type == "cuda" else None)
+    synced = loss_module if isinstance(loss_module, nn.parallel.DistributedDataParallel) else model
     if config.compile:
         loss_module = torch.compile(loss_module)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if config.dtype == "bf16" else contextlib.nullcontext()
@@ -315,8 +352,7 @@ def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_upd
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 data_s += time.perf_counter() - t_data
                 torch.manual_seed(_seed(config.seed, step, micro, ddp.rank))  # dropout masks of this micro-batch
-                sync = micro == accumulation - 1 or ddp.world_size == 1
-                with (contextlib.nullcontext() if sync else loss_module.no_sync()), autocast:
+                with _gradient_sync(synced, sync=micro == accumulation - 1), autocast:
                     loss = loss_module(x, y)
                 (loss / accumulation).backward()
                 loss_sum += loss.item()
@@ -389,13 +425,14 @@ def _evaluate_and_log(model, data, starts, context, autocast, ddp, out_dir, step
 
 def save_checkpoint(out_dir: Path, model: GPT, optimizer, step: int, tokens: int, data: TokenData, ddp: Distributed,
                     config: PretrainConfig) -> None:
+    weights = whole_tensors(model.state_dict(), keep=ddp.is_main)  # every process: FSDP gathers its shards
+    moments, groups = optimizer_to_tensors(optimizer, keep=ddp.is_main)
     if ddp.is_main:
         name = f"step-{step:08d}"
         checkpoints = out_dir / "checkpoints"
         with AtomicDirectory(checkpoints / name) as tmp:
-            write_model_files(tmp, model, data.tokenizer_dir)
-            tensors, groups = optimizer_to_tensors(optimizer)
-            save_file(tensors, str(tmp / OPTIMIZER_FILE))
+            write_model_files(tmp, model.config, weights, data.tokenizer_dir)
+            save_file(moments, str(tmp / OPTIMIZER_FILE))
             write_json_atomic(tmp / STATE_FILE, {
                 "update": step, "tokens": tokens, "param_groups": groups, "seed": config.seed,
                 "rng": "dropout and window seeds derive from (seed, update, micro-batch, rank); nothing else to store",
@@ -409,22 +446,29 @@ def save_checkpoint(out_dir: Path, model: GPT, optimizer, step: int, tokens: int
     ddp.barrier()
 
 
-def _load_checkpoint(out_dir: Path, model: GPT, optimizer, config: PretrainConfig) -> tuple[int, int]:
-    ckpt = resolve_model_dir(out_dir)
+def _load_weights(ckpt: Path, model: GPT) -> tuple[int, int]:
+    """The checkpoint's weights into the (unsharded) model; returns its update and token count."""
     saved = load_config(ckpt)
     if saved != model.config:
         raise UserError(f"{ckpt / 'config.json'}: the checkpoint's model {saved} differs from the recipe's {model.config}")
     load_weights_into(model, read_safetensors(ckpt / WEIGHTS_FILE), ckpt / WEIGHTS_FILE)
     state = read_json(ckpt / STATE_FILE)
-    optimizer.load_state_dict(optimizer_from_tensors(read_safetensors(ckpt / OPTIMIZER_FILE), state["param_groups"]))
     return int(state["update"]), int(state["tokens"])
 
 
-def _move_optimizer_state(optimizer, dev) -> None:
-    for slots in optimizer.state.values():
-        for k, v in slots.items():
-            if torch.is_tensor(v) and k != "step":
-                slots[k] = v.to(dev)
+def _load_optimizer(ckpt: Path, optimizer) -> None:
+    """The checkpoint's Adam moments into an optimizer made on the model as it trains (moved, maybe sharded):
+    `load_state_dict` moves each tensor to its parameter's device; under FSDP each is first cut into the same
+    shards as its parameter."""
+    state = optimizer_from_tensors(read_safetensors(ckpt / OPTIMIZER_FILE), read_json(ckpt / STATE_FILE)["param_groups"])
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, slots in state["state"].items():
+        param = params[index]
+        if isinstance(param, DTensor):
+            for slot, value in slots.items():
+                if slot != "step":
+                    slots[slot] = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+    optimizer.load_state_dict(state)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -439,15 +483,19 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _record_replica(out_dir: Path, model: GPT, windows_sha: str, ddp: Distributed) -> None:
-    """Each process writes a digest of its final weights and of the windows it drew: replicas must agree on
-    the first and differ on the second."""
+    """Each process writes a digest of its final weights (whole: under FSDP the shards gathered), of the
+    windows it drew, and how many parameter values it holds: replicas must agree on the first and differ on
+    the second; under FSDP each holds a share of the model."""
     if ddp.world_size == 1:
         return
     h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
+    for name, p in sorted(whole_tensors(model.state_dict()).items()):
         h.update(name.encode())
-        h.update(p.detach().cpu().float().numpy().tobytes())
+        h.update(p.float().numpy().tobytes())
+    held = sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in model.parameters())
     replica_dir = out_dir / "replicas"
     replica_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(replica_dir / f"rank{ddp.rank}.json", {"rank": ddp.rank, "weights_sha256": h.hexdigest(),
-                                                             "windows_sha256": windows_sha})
+    write_json_atomic(replica_dir / f"rank{ddp.rank}.json", {
+        "rank": ddp.rank, "weights_sha256": h.hexdigest(), "windows_sha256": windows_sha,
+        "parameters_held": held,
+    })

@@ -42,6 +42,17 @@ def test_every_subcommand_has_help():
         assert sub.format_help().startswith("usage: gpt1 " + name)
 
 
+def test_training_settings_are_explained_by_the_comments_on_their_fields():
+    commands = build_parser()._subparsers._group_actions[0].choices
+    helps = {name: {a.dest: a.help for a in commands[name]._actions} for name in ("pretrain", "finetune")}
+    assert helps["pretrain"]["fsdp"] == ("under torchrun: shard weights, gradients and Adam moments across "
+                                         "processes, not replicate")
+    assert helps["pretrain"]["max_updates"] == "override the recipe's max_updates: 0 derives it from epochs"
+    assert helps["finetune"]["lm_coef"] == "lambda of the auxiliary LM loss; 0 turns it off (default 0.5)"
+    for name in ("pretrain", "finetune"):
+        commands[name].format_help()  # argparse expands %-formatting in every help string here
+
+
 def test_encode_then_decode_round_trips_documents(vocab, tmp_path, capsys):
     text = tmp_path / "docs.txt"
     text.write_text("Hello, world!\nThe cat sat on the mat.\n\n", encoding="utf-8")

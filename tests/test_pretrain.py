@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_token_data
 from gpt1.checkpoint import load_model
 from gpt1.errors import UserError
 from gpt1.model import GPT, GPTConfig
@@ -139,12 +140,13 @@ def test_recipes_parse_and_their_batch_arithmetic_holds():
     assert (paper.tokens_per_update, paper.context, paper.lr, paper.warmup_updates) == (64 * 512, 512, 2.5e-4, 2000)
 
 
-def test_two_processes_under_torchrun_stay_in_sync_and_see_different_data(token_data, tmp_path):
-    recipe = tmp_path / "tiny.toml"
-    recipe.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in {**TINY, "max_updates": 4}.items()) + "\n")
+def torchrun(data: Path, out: Path, settings: dict, *flags: str) -> None:
+    """`gpt1 pretrain` on 2 CPU processes under torchrun, with a recipe file of `settings`."""
+    recipe = out.parent / f"{out.name}.toml"
+    recipe.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items()) + "\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt1.cli",
-           "pretrain", "--data", str(token_data), "--out", str(tmp_path / "run"), "--recipe", str(recipe)]
+           "pretrain", "--data", str(data), "--out", str(out), "--recipe", str(recipe), *flags]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:
@@ -153,12 +155,69 @@ def test_two_processes_under_torchrun_stay_in_sync_and_see_different_data(token_
         os.killpg(proc.pid, signal.SIGKILL)  # the workers too, not only the launcher
         raise
     assert proc.returncode == 0, stderr[-3000:]
-    ranks = [json.loads((tmp_path / "run" / "replicas" / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def replicas(run: Path) -> list[dict]:
+    return [json.loads((run / "replicas" / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+# 2 processes x 4 windows x 32 tokens = 256 tokens per micro-step: 2 micro-batches per update. The gradient's
+# norm is 0.7-0.85 in these updates: clipping at 0.5 acts on every one.
+TWO_PROCESSES = {**TINY, "tokens_per_update": 512, "max_updates": 4, "grad_clip": 0.5}
+
+
+@pytest.fixture(scope="module")
+def distributed_runs(tmp_path_factory):
+    """The same 4 updates under DistributedDataParallel and under FSDP."""
+    root = tmp_path_factory.mktemp("distributed")
+    data = write_token_data(root / "data")
+    torchrun(data, root / "ddp", TWO_PROCESSES)
+    torchrun(data, root / "fsdp", TWO_PROCESSES, "--fsdp")
+    return data, root
+
+
+def test_two_processes_under_torchrun_stay_in_sync_and_see_different_data(distributed_runs):
+    _, root = distributed_runs
+    ranks = replicas(root / "ddp")
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     assert ranks[0]["windows_sha256"] != ranks[1]["windows_sha256"]
-    run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["world_size"] == 2
-    assert max(losses(tmp_path / "run")) == 4
+    total = sum(p.numel() for p in load_model(root / "ddp").parameters())
+    assert ranks[0]["parameters_held"] == ranks[1]["parameters_held"] == total  # each holds the whole model
+    run = json.loads((root / "ddp" / "run.json").read_text())
+    assert run["world_size"] == 2 and run["pretrain"]["fsdp"] is False
+    assert max(losses(root / "ddp")) == 4
+
+
+def test_fsdp_shards_the_model_and_trains_as_ddp_does(distributed_runs):
+    _, root = distributed_runs
+    ranks = replicas(root / "fsdp")
+    total = sum(p.numel() for p in load_model(root / "fsdp").parameters())  # its checkpoint holds whole tensors
+    assert ranks[0]["parameters_held"] + ranks[1]["parameters_held"] == total
+    assert max(r["parameters_held"] for r in ranks) < 0.6 * total
+    assert ranks[0]["windows_sha256"] == replicas(root / "ddp")[0]["windows_sha256"]  # the same data as DDP
+    ddp_losses, fsdp_losses = losses(root / "ddp"), losses(root / "fsdp")
+    assert ddp_losses.keys() == fsdp_losses.keys() == {1, 2, 3, 4}
+    for update in ddp_losses:  # reduce-scatter and all-reduce may round differently
+        assert fsdp_losses[update] == pytest.approx(ddp_losses[update], rel=1e-5), update
+    a, b = load_model(root / "ddp").state_dict(), load_model(root / "fsdp").state_dict()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+
+
+def test_an_fsdp_run_resumes_from_its_checkpoint_loss_for_loss(distributed_runs, tmp_path):
+    data, root = distributed_runs
+    resumed = tmp_path / "resumed"
+    shutil.copytree(root / "fsdp", resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-00000004")  # as if killed after the checkpoint of update 3
+    (resumed / "latest").write_text("step-00000003\n")
+    one_process = tmp_path / "one-process"
+    shutil.copytree(resumed, one_process)
+    torchrun(data, resumed, TWO_PROCESSES, "--fsdp", "--resume")
+    assert losses(resumed) == losses(root / "fsdp")  # the sharded Adam moments came back where they were
+    assert replicas(resumed)[0]["weights_sha256"] == replicas(root / "fsdp")[0]["weights_sha256"]
+    # The checkpoint holds whole tensors: one process without FSDP takes the run on from it too.
+    summary = pretrain(PretrainConfig.from_dict(TWO_PROCESSES), data, one_process, resume=True, progress=False)
+    assert summary["start_update"] == 3 and summary["updates"] == 4
 
 
 @pytest.mark.slow
