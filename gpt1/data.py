@@ -255,6 +255,14 @@ class TokenData:
                 )
 
 
+def unigram_perplexity(data: TokenData) -> float:
+    """Perplexity on the validation ids of a model that ignores context, each token's frequency in the training
+    ids (add-one smoothed): a language model below it uses context, one at it has learned only frequencies."""
+    counts = np.bincount(np.asarray(data.train), minlength=data.vocab_size).astype(np.float64) + 1.0
+    log_p = np.log(counts / counts.sum())
+    return float(np.exp(-log_p[np.asarray(data.val)].mean()))
+
+
 def window_starts(n_tokens: int, context: int, count: int, seed: tuple[int, ...]) -> np.ndarray:
     """`count` random window starts, a pure function of the seed tuple (run seed, step, micro-batch, rank),
     so that a resumed or re-run job sees exactly the same windows."""

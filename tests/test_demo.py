@@ -23,12 +23,14 @@ def test_main_job_pretrains_shows_perplexity_falling_and_fine_tunes_twice(tmp_pa
 
     result = run_demo(tmp_path / "demo")
     val = result["val"]
-    # In these minutes GPT-1's post-LN decoder learns the unigram statistics (perplexity 8,554 -> ~1,160
-    # here), not yet much context: the perplexity must fall several-fold, not to a level of real fluency.
-    assert val[0]["update"] == 0 and val[-1]["val_ppl"] < val[0]["val_ppl"] / 5
+    # GPT-1's post-LN decoder first learns the token frequencies (the unigram model's perplexity, ~1,140
+    # here), then context: it must end well below the unigram model (~620 on the development machine).
+    assert val[0]["update"] == 0 and val[-1]["val_ppl"] < 0.75 * result["unigram_ppl"] < val[0]["val_ppl"] / 5
     assert result["sample"].startswith("the government said") and len(result["sample"].split()) > 20
     scores = result["finetune_accuracy"]
     assert set(scores) == {"pre-trained", "from scratch"} and all(0 <= s <= 1 for s in scores.values())
+    # 5 balanced topics, chance 0.2; on the development machine 0.48 pre-trained against 0.31 from scratch.
+    assert scores["pre-trained"] > max(0.35, scores["from scratch"])
     out = capsys.readouterr().out
     assert "pre-trained" in out and "from scratch" in out
     assert json.loads((tmp_path / "demo" / "summary.json").read_text())["finetune_accuracy"] == scores

@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import write_token_data
 from gpt1.checkpoint import load_model
+from gpt1.data import TokenData, unigram_perplexity
 from gpt1.errors import UserError
 from gpt1.model import GPT, GPTConfig
 from gpt1.pretrain import PretrainConfig, lr_at, make_optimizer, pretrain
@@ -51,6 +53,7 @@ def test_training_lowers_validation_loss_and_writes_metrics(token_data, tmp_path
     first, last = summary["val"][0], summary["val"][-1]
     assert first["update"] == 0 and last["update"] == 30
     assert last["val_loss"] < first["val_loss"] - 0.5
+    assert last["val_ppl"] < unigram_perplexity(TokenData(token_data))  # it uses context, not only frequencies
     assert math.isclose(last["val_ppl"], math.exp(last["val_loss"]), rel_tol=1e-9)
     assert set(losses(tmp_path / "run")) == set(range(1, 31))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -130,6 +133,14 @@ def test_resuming_with_another_model_shape_is_refused(token_data, tmp_path):
     other = PretrainConfig.from_dict({**TINY, "model": {"n_embd": 32}})
     with pytest.raises(UserError, match="differs from the recipe"):
         pretrain(other, token_data, tmp_path / "run", resume=True, progress=False)
+
+
+def test_unigram_perplexity_is_that_of_add_one_smoothed_training_frequencies(tmp_path):
+    (tmp_path / "train.bin").write_bytes(np.array([1, 1, 2, 3], dtype=np.uint16).tobytes())
+    (tmp_path / "val.bin").write_bytes(np.array([1, 0], dtype=np.uint16).tobytes())
+    (tmp_path / "meta.json").write_text(json.dumps({"dtype": "uint16", "vocab_size": 4}))
+    # counts + 1 = [1, 3, 2, 2] of 8: p(1) = 3/8, p(0) = 1/8
+    assert unigram_perplexity(TokenData(tmp_path)) == pytest.approx(math.exp(-(math.log(3 / 8) + math.log(1 / 8)) / 2))
 
 
 def test_recipes_parse_and_their_batch_arithmetic_holds():
