@@ -18,7 +18,7 @@ from gpt1.checkpoint import load_model
 from gpt1.data import TokenData, unigram_perplexity
 from gpt1.errors import UserError
 from gpt1.model import GPT, GPTConfig
-from gpt1.pretrain import PretrainConfig, lr_at, make_optimizer, pretrain
+from gpt1.pretrain import PretrainConfig, lr_at, make_optimizer, pick_device, pretrain
 
 TINY = dict(preset="test", context=32, micro_batch=4, tokens_per_update=256, max_updates=8, lr=3e-3,
             warmup_updates=2, eval_every=4, eval_windows=8, checkpoint_every=3, keep_checkpoints=2)
@@ -141,6 +141,13 @@ def test_unigram_perplexity_is_that_of_add_one_smoothed_training_frequencies(tmp
     (tmp_path / "meta.json").write_text(json.dumps({"dtype": "uint16", "vocab_size": 4}))
     # counts + 1 = [1, 3, 2, 2] of 8: p(1) = 3/8, p(0) = 1/8
     assert unigram_perplexity(TokenData(tmp_path)) == pytest.approx(math.exp(-(math.log(3 / 8) + math.log(1 / 8)) / 2))
+
+
+def test_a_gpu_named_without_index_is_this_processs_torchrun_slot(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert pick_device("cuda") == torch.device("cuda", 1)  # not cuda:0 for every process
+    assert pick_device("cuda:0") == torch.device("cuda", 0)
+    assert pick_device("cpu") == torch.device("cpu")
 
 
 def test_recipes_parse_and_their_batch_arithmetic_holds():
