@@ -215,7 +215,8 @@ def load_model(directory, device: str | torch.device = "cpu") -> GPT:
     return model.to(device).eval()
 
 
-def optimizer_to_tensors(optimizer: torch.optim.Optimizer, keep: bool = True) -> tuple[dict[str, torch.Tensor], list[dict]]:
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer,
+                         keep: bool = True) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """Split an optimizer state_dict into flat tensors (safetensors) and JSON-able param groups; FSDP's
     shards gathered as in `whole_tensors`."""
     sd = optimizer.state_dict()

@@ -421,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .pretrain import PretrainConfig
 
     _add_config_options(p, PretrainConfig, [f.name for f in _scalar_fields()],
-                        lambda f, comment: comment or f"turn on {f.name}" if f.type == "bool"
+                        lambda f, comment: (comment or f"turn on {f.name}") if f.type == "bool"
                         else f"override the recipe's {f.name}" + (f": {comment}" if comment else ""))
     p.set_defaults(func=cmd_pretrain)
 

@@ -109,8 +109,8 @@ def run_demo(out: Path) -> dict:
     print("   initialisation   dev accuracy")
     for name, accuracy in scores.items():
         print(f"   {name:15s}  {accuracy:12.3f}")
-    result = {"val": val, "unigram_ppl": unigram, "tokens": summary["tokens"], "tokens_per_s": summary["tokens_per_s"], "sample": sample,
-              "finetune_accuracy": scores, "finetune_settings": settings, "notes": task.notes}
+    result = {"val": val, "unigram_ppl": unigram, "tokens": summary["tokens"], "tokens_per_s": summary["tokens_per_s"],
+              "sample": sample, "finetune_accuracy": scores, "finetune_settings": settings, "notes": task.notes}
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"   results: {out / 'summary.json'}")
     return result

@@ -460,7 +460,8 @@ def _load_optimizer(ckpt: Path, optimizer) -> None:
     """The checkpoint's Adam moments into an optimizer made on the model as it trains (moved, maybe sharded):
     `load_state_dict` moves each tensor to its parameter's device; under FSDP each is first cut into the same
     shards as its parameter."""
-    state = optimizer_from_tensors(read_safetensors(ckpt / OPTIMIZER_FILE), read_json(ckpt / STATE_FILE)["param_groups"])
+    groups = read_json(ckpt / STATE_FILE)["param_groups"]
+    state = optimizer_from_tensors(read_safetensors(ckpt / OPTIMIZER_FILE), groups)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for index, slots in state["state"].items():
         param = params[index]
