@@ -439,8 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("convert", help="convert weights between layouts")
-    p.add_argument("--from", dest="src_format", required=True, choices=["hf", "openai", "gpt1"])
-    p.add_argument("--to", dest="dst_format", required=True, choices=["gpt1", "hf"])
+    layouts = ("hf: a transformers OpenAIGPT* folder (config.json + safetensors or pytorch_model.bin); openai: "
+               "the original release (params_shapes.json + params_N.npy); gpt1: a model, checkpoint or run folder")
+    p.add_argument("--from", dest="src_format", required=True, choices=["hf", "openai", "gpt1"], help=layouts)
+    p.add_argument("--to", dest="dst_format", required=True, choices=["gpt1", "hf", "openai"],
+                   help="one of the layouts above; a fine-tuned gpt1 model goes to hf only")
     p.add_argument("src", help="source folder")
     p.add_argument("dst", help="destination folder (written atomically)")
     p.set_defaults(func=cmd_convert)

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from .checkpoint import (
     AtomicDirectory,
+    copy_tokenizer,
     load_model,
     load_weights_into,
     read_json,
@@ -27,20 +28,21 @@ from .errors import UserError
 from .finetune import load_task_model, task_model_dir
 from .model import GPT, GPTConfig
 
-# Per-block tensors in the order of the original release; the Linear ones are transposed.
+# Per-block tensors in the order of the original release, with their names in its TensorFlow graph; the Linear
+# ones are transposed.
 BLOCK_TENSORS = [
-    ("attn.c_attn.weight", True),
-    ("attn.c_attn.bias", False),
-    ("attn.c_proj.weight", True),
-    ("attn.c_proj.bias", False),
-    ("ln_1.weight", False),
-    ("ln_1.bias", False),
-    ("mlp.c_fc.weight", True),
-    ("mlp.c_fc.bias", False),
-    ("mlp.c_proj.weight", True),
-    ("mlp.c_proj.bias", False),
-    ("ln_2.weight", False),
-    ("ln_2.bias", False),
+    ("attn.c_attn.weight", "attn/c_attn/w", True),
+    ("attn.c_attn.bias", "attn/c_attn/b", False),
+    ("attn.c_proj.weight", "attn/c_proj/w", True),
+    ("attn.c_proj.bias", "attn/c_proj/b", False),
+    ("ln_1.weight", "ln_1/g", False),
+    ("ln_1.bias", "ln_1/b", False),
+    ("mlp.c_fc.weight", "mlp/c_fc/w", True),
+    ("mlp.c_fc.bias", "mlp/c_fc/b", False),
+    ("mlp.c_proj.weight", "mlp/c_proj/w", True),
+    ("mlp.c_proj.bias", "mlp/c_proj/b", False),
+    ("ln_2.weight", "ln_2/g", False),
+    ("ln_2.bias", "ln_2/b", False),
 ]
 HF_TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
@@ -107,13 +109,13 @@ def gpt1_state_from_hf(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     state = {k: v for k, v in state.items() if not k.startswith(("multiple_choice_head.", "score."))}
     out = {}
     for name, tensor in state.items():
-        transpose = any(name.endswith(t) for t, tr in BLOCK_TENSORS if tr)
+        transpose = any(name.endswith(t) for t, _, tr in BLOCK_TENSORS if tr)
         out[name] = tensor.t().contiguous() if transpose else tensor
     return out
 
 
 def hf_state_from_gpt1(model: GPT) -> dict[str, torch.Tensor]:
-    transposed = {t for t, tr in BLOCK_TENSORS if tr}
+    transposed = {t for t, _, tr in BLOCK_TENSORS if tr}
     out = {}
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu()
@@ -234,7 +236,7 @@ def from_openai(src: Path) -> GPT:
     }
     for i in range(n_layer):
         block = arrays[2 + i * len(BLOCK_TENSORS) : 2 + (i + 1) * len(BLOCK_TENSORS)]
-        for (name, transpose), array in zip(BLOCK_TENSORS, block):
+        for (name, _, transpose), array in zip(BLOCK_TENSORS, block):
             t = torch.from_numpy(array.copy())
             if transpose:
                 t = t.reshape(t.shape[-2], t.shape[-1]).t().contiguous()  # [1, in, out] -> [out, in]
@@ -242,6 +244,38 @@ def from_openai(src: Path) -> GPT:
     model = GPT(config)
     load_weights_into(model, state, src)
     return model
+
+
+def write_openai(model: GPT, dst: Path, tokenizer_dir: Path | None, n_shards: int = 10) -> None:
+    """The release's layout, which the original finetune-transformer-lm code and `from_openai` read: the arrays
+    of params_shapes.json flattened into one float32 vector and cut into `n_shards` params_N.npy files.
+
+    The layout stores shapes only, so a model whose other settings a reader could not recover is refused."""
+    config = model.config
+    if config.n_head * 64 != config.n_embd:
+        raise UserError(f"the original layout does not store the number of heads and readers take n_embd / 64; "
+                        f"this model has {config.n_head} heads of {config.n_embd // config.n_head}")
+    if config.layer_norm_epsilon != GPTConfig.layer_norm_epsilon:
+        raise UserError(f"the original layout does not store LayerNorm's epsilon and readers take "
+                        f"{GPTConfig.layer_norm_epsilon}; this model uses {config.layer_norm_epsilon}")
+    state = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
+    arrays = [state["positions_embed.weight"], state["tokens_embed.weight"]]
+    names = ["model/we:0"]  # the graph's one embedding matrix, positions and tokens together
+    for i in range(config.n_layer):
+        for name, original_name, transpose in BLOCK_TENSORS:
+            t = state[f"h.{i}.{name}"]
+            arrays.append(t.t().unsqueeze(0) if transpose else t)  # [out, in] -> [1, in, out]
+            names.append(f"model/h{i}/{original_name}:0")
+    flat = torch.cat([a.reshape(-1) for a in arrays]).numpy()
+    with AtomicDirectory(dst) as tmp:
+        with open(tmp / "params_shapes.json", "w", encoding="utf-8") as f:
+            json.dump([list(a.shape) for a in arrays], f)
+        with open(tmp / "parameters_names.json", "w", encoding="utf-8") as f:  # what transformers' loader reads
+            json.dump(names, f)
+        for i, shard in enumerate(np.array_split(flat, n_shards)):
+            np.save(tmp / f"params_{i}.npy", shard)
+        if tokenizer_dir is not None:
+            copy_tokenizer(tokenizer_dir, tmp)
 
 
 # ---------------------------------------------------------------- the command
@@ -265,7 +299,8 @@ def convert(src: Path, dst: Path, src_format: str, dst_format: str) -> Path:
     elif src_format == "gpt1" and task_model_dir(src) is not None:  # a fine-tuned model: decoder + head
         task_model, info = load_task_model(src)
         if dst_format != "hf":
-            raise UserError(f"{src}: a fine-tuned model converts to --to hf only (it is a gpt1 folder already)")
+            raise UserError(f"{src}: a fine-tuned model converts to --to hf only (the original layout has no task "
+                            "head, and it is a gpt1 folder already)")
         write_hf(task_model.transformer, dst, tokenizer_dir_of(task_model_dir(src)),
                  head=hf_task_head(task_model.head.weight, info, src))
         return dst
@@ -279,6 +314,8 @@ def convert(src: Path, dst: Path, src_format: str, dst_format: str) -> Path:
             save_model(model, dst, tokenizer_dir)
         elif dst_format == "hf":
             write_hf(model, dst, tokenizer_dir)
+        elif dst_format == "openai":
+            write_openai(model, dst, tokenizer_dir)
         else:
             raise UserError(f"unknown target format {dst_format!r}")
     finally:

@@ -365,6 +365,53 @@ def test_original_release_layout_loads_every_array_where_the_spec_says(tmp_path)
             torch.testing.assert_close(state[f"h.{layer}.{name}"], expected, rtol=0, atol=0)
 
 
+def test_export_to_the_original_layout_loads_in_transformers_reader_of_the_release(tmp_path):
+    """transformers' `load_tf_weights_in_openai_gpt` reads the release's folder by its own code: the peer check."""
+    from transformers.models.openai.modeling_openai import load_tf_weights_in_openai_gpt
+
+    torch.manual_seed(6)
+    model = GPT(GPTConfig(vocab_size=97, n_positions=24, n_embd=128, n_layer=2, n_head=2)).eval()
+    with torch.no_grad():  # biases and LayerNorm start as constants; a mix-up would not show
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    tokenizer = tmp_path / "tok"
+    tokenizer.mkdir()
+    (tokenizer / "encoder_bpe_3.json").write_text('{"a</w>": 0}')
+    (tokenizer / "vocab_3.bpe").write_text("#version: 0.2\n")
+    save_model(model, tmp_path / "gpt1", tokenizer)
+    convert(tmp_path / "gpt1", tmp_path / "release", "gpt1", "openai")
+    release = tmp_path / "release"
+    assert sorted(p.name for p in release.glob("params_*.npy")) == [f"params_{i}.npy" for i in range(10)]
+    assert (release / "vocab_3.bpe").read_text() == "#version: 0.2\n"
+
+    hf = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(
+        vocab_size=97, n_positions=24, n_embd=128, n_layer=2, n_head=2, afn="gelu")).eval()
+    load_tf_weights_in_openai_gpt(hf.transformer, hf.config, str(release))
+    hf.tie_weights()
+    ids = torch.randint(0, 97, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids), rtol=1e-5, atol=1e-5)
+
+    convert(release, tmp_path / "back", "openai", "gpt1")  # and back, bit for bit, tokenizer included
+    back = load_model(tmp_path / "back")
+    assert back.config == model.config
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    assert (tmp_path / "back" / "tokenizer" / "encoder_bpe_3.json").is_file()
+
+
+def test_export_to_the_original_layout_refuses_settings_it_cannot_store(tmp_path):
+    save_model(GPT(GPTConfig(vocab_size=97, n_positions=24, n_embd=32, n_layer=1, n_head=4)), tmp_path / "heads")
+    with pytest.raises(UserError, match="number of heads"):
+        convert(tmp_path / "heads", tmp_path / "out", "gpt1", "openai")
+    config = GPTConfig(vocab_size=97, n_positions=24, n_embd=64, n_layer=1, n_head=1, layer_norm_epsilon=1e-6)
+    save_model(GPT(config), tmp_path / "eps")
+    with pytest.raises(UserError, match="epsilon"):
+        convert(tmp_path / "eps", tmp_path / "out", "gpt1", "openai")
+    assert not (tmp_path / "out").exists()
+
+
 def test_gradients_equal_hugging_face_on_the_same_weights(tmp_path):
     hf = tiny_hf_model(seed=2)
     hf.save_pretrained(tmp_path / "hf")
