@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
+from fnmatch import fnmatch
 from pathlib import Path
 
 import torch
@@ -30,6 +32,8 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 TOKENIZER_DIR = "tokenizer"
 LATEST_FILE = "latest"
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR)
+TOKENIZER_FILES = ("encoder_bpe_*.json", "vocab_*.bpe", "tokenizer.json")  # the release's two, and settings
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -76,11 +80,28 @@ def read_json(path: Path) -> dict:
         raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
-class AtomicDirectory:
-    """Build a directory under a temporary name; on success, rename it to `final` (replacing an old one)."""
+def refuse_foreign(final: Path, owned: Sequence[str]) -> None:
+    """A UserError unless `final` is absent or a folder holding only entries named like `owned` (glob
+    patterns of what the writer makes): replacing a folder must never delete a user's own files."""
+    final = Path(final)
+    if not final.exists():
+        return
+    if not final.is_dir():
+        raise UserError(f"{final}: exists and is not a folder; choose another output path")
+    foreign = sorted(entry.name for entry in final.iterdir() if not any(fnmatch(entry.name, p) for p in owned))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UserError(f"{final}: already holds {shown}, which this command does not write; it would replace the "
+                        f"whole folder, so choose another output folder or empty this one")
 
-    def __init__(self, final: Path):
+
+class AtomicDirectory:
+    """Build a directory under a temporary name; on success, rename it to `final`, replacing an old one that
+    holds only what this writer makes (`owned`, glob patterns; anything else is refused at once)."""
+
+    def __init__(self, final: Path, owned: Sequence[str]):
         self.final = Path(final)
+        refuse_foreign(self.final, owned)
 
     def __enter__(self) -> Path:
         self.final.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +157,7 @@ def write_model_files(directory: Path, config: GPTConfig, weights: dict[str, tor
 
 
 def save_model(model: GPT, directory: Path, tokenizer_dir: Path | None = None) -> Path:
-    with AtomicDirectory(directory) as tmp:
+    with AtomicDirectory(directory, MODEL_FILES) as tmp:
         write_model_files(tmp, model.config, state_dict_for_saving(model), tokenizer_dir)
     return Path(directory)
 
@@ -144,7 +165,7 @@ def save_model(model: GPT, directory: Path, tokenizer_dir: Path | None = None) -
 def copy_tokenizer(src: Path, dst: Path) -> None:
     src = Path(src)
     dst.mkdir(parents=True, exist_ok=True)
-    for pattern in ("encoder_bpe_*.json", "vocab_*.bpe", "tokenizer.json"):
+    for pattern in TOKENIZER_FILES:
         for f in src.glob(pattern):
             shutil.copyfile(f, dst / f.name)
 
@@ -154,6 +175,9 @@ def resolve_model_dir(path: Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such model directory")
+    if not path.is_dir():
+        raise UserError(f"{path}: a file, not a model folder; give the folder that holds {CONFIG_FILE} and "
+                        f"{WEIGHTS_FILE} (or a run folder)")
     if (path / LATEST_FILE).exists():
         name = (path / LATEST_FILE).read_text(encoding="utf-8").strip()
         path = path / "checkpoints" / name

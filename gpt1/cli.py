@@ -65,7 +65,9 @@ def cmd_train_tokenizer(args) -> None:
     documents, _, _ = read_documents(args.inputs, args.gutenberg, args.unwrap, args.on_bad_file)
     texts = [paragraph for document in documents for paragraph in document]
     tokenizer = train_tokenizer(texts, args.merges, args.out, workers=args.workers, progress=True)
-    print(f"wrote a vocabulary of {tokenizer.vocab_size} ids ({args.merges} merges) to {args.out}")
+    learned = len(tokenizer.merges)
+    note = "" if learned == args.merges else f" of the {args.merges} asked for: no pair of symbols is left to merge"
+    print(f"wrote a vocabulary of {tokenizer.vocab_size} ids ({learned} merges{note}) to {args.out}")
 
 
 def cmd_prepare(args) -> None:
@@ -103,9 +105,10 @@ def _print_pretrain_summary(summary: dict) -> None:
 def cmd_generate(args) -> None:
     from .checkpoint import load_model, tokenizer_dir_of
     from .generate import generate_text
+    from .pretrain import pick_device
     from .tokenizer import load_tokenizer
 
-    model = load_model(args.model, device=args.device or "cpu")
+    model = load_model(args.model, device=pick_device(args.device or "cpu"))
     tokenizer_dir = args.tokenizer or tokenizer_dir_of(args.model)
     if tokenizer_dir is None:
         raise UserError(f"{args.model}: holds no tokenizer/ folder; pass --tokenizer DIR")
@@ -125,9 +128,14 @@ def cmd_convert(args) -> None:
     print(f"wrote {args.dst_format} weights to {args.dst}")
 
 
-def _columns(args):
+def _columns(args, recorded: dict | None = None):
+    """The columns the options name, on top of `recorded` (those a fine-tuned model was trained from) or the
+    defaults."""
     from .datasets import UserColumns
 
+    if recorded and isinstance(recorded.get("choices"), list):
+        recorded = {**recorded, "choices": tuple(recorded["choices"])}  # several columns, one answer each
+    base = UserColumns(**recorded) if recorded else UserColumns()
     given = {name: getattr(args, name) for name in ("text", "text_b", "label", "context", "question", "uid")
              if getattr(args, name) is not None}
     for name in ("text_b", "question"):
@@ -135,7 +143,7 @@ def _columns(args):
             given[name] = None  # "--text-b ''": the data has no second text / no question
     if args.choices:
         given["choices"] = args.choices[0] if len(args.choices) == 1 else tuple(args.choices)
-    return UserColumns(**given)
+    return dataclasses.replace(base, **given)
 
 
 def _load_task(args):
@@ -147,6 +155,9 @@ def _load_task(args):
         return load_benchmark(args.benchmark, args.data)
     if not (args.task and args.train):
         raise UserError("give either --benchmark NAME --data PATH, or --task KIND --train FILE [--dev FILE]")
+    if args.task == "classification" and args.text_b:
+        raise UserError("--task classification reads one text column; --text-b is for entailment, similarity "
+                        "and regression (join the texts into one column to classify them together)")
     return load_user_task(args.name or Path(args.train).stem, args.task, train=args.train, dev=args.dev,
                           test=args.test, columns=_columns(args))
 
@@ -154,10 +165,12 @@ def _load_task(args):
 def cmd_finetune(args) -> None:
     from .checkpoint import resolve_model_dir, tokenizer_dir_of
     from .finetune import evaluate_other_splits, finetune
-    from .model import preset_config
+    from .model import PRESETS, preset_config
+    from .pretrain import pick_device
     from .tokenizer import load_tokenizer
 
     config = _finetune_config(args)
+    pick_device(args.device)  # a wrong --device is named now, not after reading and encoding the data
     pretrained = resolve_model_dir(args.model) if args.model else None
     tokenizer_dir = args.tokenizer or (tokenizer_dir_of(args.model) if args.model else None)
     if tokenizer_dir is None:
@@ -167,6 +180,8 @@ def cmd_finetune(args) -> None:
     if pretrained is None:
         if not config.from_scratch:
             raise UserError("--model is required unless --from-scratch (then --preset picks the size)")
+        if (args.preset or "gpt1") not in PRESETS:
+            raise UserError(f"--preset {args.preset}: not a preset ({', '.join(sorted(PRESETS))})")
         base = preset_config(args.preset or "gpt1", vocab_size=tokenizer.vocab_size)
     task = _load_task(args)
     for note in task.notes:
@@ -189,18 +204,26 @@ def _task_model_and_tokenizer(model_dir):
     return model, info, load_tokenizer(required_tokenizer_dir(task_model_dir(model_dir)))
 
 
+def _make_parent(out: str | None) -> None:
+    """Create the folder of an output file now, not find it missing after the work."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+
+
 def cmd_evaluate(args) -> None:
     from .datasets import load_benchmark, load_user_data
     from .finetune import score_split
 
     model, info, tokenizer = _task_model_and_tokenizer(args.model)
+    _make_parent(args.out)
     if args.benchmark:
         task = load_benchmark(args.benchmark, args.data)
         if args.split not in task.splits:
             raise UserError(f"{args.data}: no {args.split!r} split (found {', '.join(task.splits)})")
         examples, metrics = task.splits[args.split], task.metrics
     else:
-        data = load_user_data(args.data, info["kind"], _columns(args), label_names=info["label_names"])
+        data = load_user_data(args.data, info["kind"], _columns(args, info.get("columns")),
+                              label_names=info["label_names"])
         examples, metrics = data.examples, info["metrics"]
     scores, _, cut = score_split(model, info, tokenizer, examples, metrics)
     report = {"data": str(args.data), "examples": len(examples), "truncated": cut, **scores}
@@ -217,12 +240,19 @@ def cmd_predict(args) -> None:
     from .finetune import encode_examples, InputTransform, predict_logits
 
     model, info, tokenizer = _task_model_and_tokenizer(args.model)
-    source = args.file
-    if source is None:  # stdin: JSON lines
-        with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as f:
-            f.write(sys.stdin.buffer.read())
-            source = f.name
-    data = load_user_data(source, info["kind"], _columns(args), label_names=info["label_names"], require_label=False)
+    _make_parent(args.out)
+    columns = _columns(args, info.get("columns"))
+    if args.file is not None:
+        data = load_user_data(args.file, info["kind"], columns, label_names=info["label_names"], require_label=False)
+    else:  # stdin: JSON lines, read through a temporary file that errors call <stdin>
+        with tempfile.TemporaryDirectory() as tmp:
+            source = Path(tmp) / "stdin.jsonl"
+            source.write_bytes(sys.stdin.buffer.read())
+            try:
+                data = load_user_data(source, info["kind"], columns, label_names=info["label_names"],
+                                      require_label=False)
+            except UserError as error:
+                raise UserError(str(error).replace(str(source), "<stdin>")) from None
     encoded, cut = encode_examples(data.examples, InputTransform(tokenizer, info["kind"], info["max_len"]))
     logits = predict_logits(model, encoded)
     rows = []

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from .checkpoint import (
+    TOKENIZER_FILES,
     AtomicDirectory,
     copy_tokenizer,
     load_model,
@@ -45,6 +46,8 @@ BLOCK_TENSORS = [
     ("ln_2.bias", "ln_2/b", False),
 ]
 HF_TOKENIZER_FILES = ("vocab.json", "merges.txt")
+HF_FILES = ("config.json", "model.safetensors", *HF_TOKENIZER_FILES)  # what write_hf makes
+RELEASE_FILES = ("params_shapes.json", "parameters_names.json", "params_*.npy", *TOKENIZER_FILES)
 
 
 # ---------------------------------------------------------------- Hugging Face
@@ -70,6 +73,8 @@ def config_from_hf(hf: dict, path: Path) -> GPTConfig:
         )
     except KeyError as e:
         raise UserError(f"{path}: missing key {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}: {e}") from None
 
 
 def config_to_hf(config: GPTConfig) -> dict:
@@ -99,7 +104,9 @@ def read_hf_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
         try:
             return torch.load(pt, map_location="cpu", weights_only=True), pt
         except Exception as e:  # weights_only refuses anything but tensors; say so in one line
-            raise UserError(f"{pt}: cannot read as plain tensors ({type(e).__name__}: {e})") from None
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise UserError(f"{pt}: not a file of plain tensors, and gpt1 never unpickles other objects "
+                            f"({type(e).__name__}: {first_line})") from None
     raise UserError(f"{directory}: neither model.safetensors nor pytorch_model.bin found")
 
 
@@ -141,7 +148,7 @@ def write_hf(model: GPT, dst: Path, tokenizer_dir: Path | None, head: tuple[dict
     if head is not None:
         config.update(head[0])
         state.update(head[1])
-    with AtomicDirectory(dst) as tmp:
+    with AtomicDirectory(dst, HF_FILES) as tmp:
         with open(tmp / "config.json", "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
             f.write("\n")
@@ -267,7 +274,7 @@ def write_openai(model: GPT, dst: Path, tokenizer_dir: Path | None, n_shards: in
             arrays.append(t.t().unsqueeze(0) if transpose else t)  # [out, in] -> [1, in, out]
             names.append(f"model/h{i}/{original_name}:0")
     flat = torch.cat([a.reshape(-1) for a in arrays]).numpy()
-    with AtomicDirectory(dst) as tmp:
+    with AtomicDirectory(dst, RELEASE_FILES) as tmp:
         with open(tmp / "params_shapes.json", "w", encoding="utf-8") as f:
             json.dump([list(a.shape) for a in arrays], f)
         with open(tmp / "parameters_names.json", "w", encoding="utf-8") as f:  # what transformers' loader reads

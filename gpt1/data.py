@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".gz")
 META_FILE = "meta.json"
+TRAIN_FILE, VAL_FILE = "train.bin", "val.bin"
 GROUP_BYTES = 32 << 20  # encode this much text per batch, so the id lists of a huge corpus never coexist
 
 _GUTENBERG_START = re.compile(r"^\s*\*\*\*\s*START OF.*$|^\*END\*?\s*THE SMALL PRINT.*$", re.MULTILINE | re.IGNORECASE)
@@ -39,11 +40,18 @@ _GUTENBERG_END = re.compile(
 
 
 def find_text_files(inputs: list[Path]) -> list[Path]:
+    """The files named, and in folders those with a text suffix; the others in folders are listed on stderr, so
+    that a corpus of README or .rst files is not dropped without a word."""
     files: list[Path] = []
     for path in map(Path, inputs):
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
             files += [p for p in found if p.suffix.lower() in TEXT_SUFFIXES]
+            other = [p.name for p in found if p.suffix.lower() not in TEXT_SUFFIXES]
+            if other:
+                shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+                print(f"note: {path}: not read, not named {'/'.join(TEXT_SUFFIXES)}: {shown} (name a file to read "
+                      "it whatever its name)", file=sys.stderr)
         elif path.is_file():
             files.append(path)
         else:
@@ -151,6 +159,8 @@ def prepare(
         raise UserError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     from .tokenizer import load_tokenizer  # spaCy takes a second to import; only prepare needs it
 
+    output = AtomicDirectory(out_dir, (TRAIN_FILE, VAL_FILE, META_FILE, TOKENIZER_DIR))  # refuses foreign files now
+
     tokenizer = load_tokenizer(tokenizer_dir)
     documents, files, skipped = read_documents(inputs, gutenberg, unwrap, on_bad_file)
 
@@ -162,9 +172,9 @@ def prepare(
         val_docs = set()
     dtype = token_dtype(tokenizer.n_vocab_with_specials)
 
-    with AtomicDirectory(out_dir) as tmp:
+    with output as tmp:
         counts = {"train": 0, "val": 0}
-        with open(tmp / "train.bin", "wb") as train_f, open(tmp / "val.bin", "wb") as val_f:
+        with open(tmp / TRAIN_FILE, "wb") as train_f, open(tmp / VAL_FILE, "wb") as val_f:
             for group_start, group in _groups(documents):
                 ids = _encode_group(tokenizer, group, workers, progress, desc=f"encode {group_start + len(group)}/{n_docs} docs")
                 for offset, doc_ids in enumerate(ids):
@@ -224,10 +234,10 @@ def _encode_group(tokenizer: Tokenizer, docs: list[list[str]], workers, progress
 
 
 def _split_tail(directory: Path, dtype: np.dtype, n_tokens: int, val_fraction: float) -> dict:
-    ids = np.fromfile(directory / "train.bin", dtype=dtype)
+    ids = np.fromfile(directory / TRAIN_FILE, dtype=dtype)
     n_val = int(n_tokens * val_fraction)
-    ids[n_tokens - n_val :].tofile(directory / "val.bin")
-    ids[: n_tokens - n_val].tofile(directory / "train.bin")
+    ids[n_tokens - n_val :].tofile(directory / VAL_FILE)
+    ids[: n_tokens - n_val].tofile(directory / TRAIN_FILE)
     return {"train": n_tokens - n_val, "val": n_val}
 
 
@@ -240,11 +250,28 @@ class TokenData:
         if not meta_path.is_file():
             raise UserError(f"{self.directory}: not a prepared data directory (no {META_FILE}; run `gpt1 prepare`)")
         self.meta = read_json(meta_path)
-        dtype = np.dtype(self.meta["dtype"])
-        self.train = np.memmap(self.directory / "train.bin", dtype=dtype, mode="r")
-        self.val = np.memmap(self.directory / "val.bin", dtype=dtype, mode="r")
+        try:
+            dtype = np.dtype(self.meta["dtype"])
+            self.vocab_size = int(self.meta["vocab_size"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{meta_path}: not the metadata `gpt1 prepare` writes ({type(e).__name__}: {e})") from None
+        if dtype not in (np.uint16, np.uint32) or self.vocab_size < 1:
+            raise UserError(f"{meta_path}: dtype {dtype} / vocab_size {self.vocab_size} are not what `gpt1 prepare` "
+                            "writes (uint16 or uint32, a positive size)")
+        splits = []
+        for name in (TRAIN_FILE, VAL_FILE):
+            path = self.directory / name
+            size = path.stat().st_size if path.is_file() else None
+            if not size or size % dtype.itemsize:
+                state = "missing" if size is None else "empty" if size == 0 else "cut short (not whole ids)"
+                raise UserError(f"{path}: {state}; run `gpt1 prepare` again")
+            ids = np.memmap(path, dtype=dtype, mode="r")
+            top = int(ids.max())  # one pass (about a second per GB): an id beyond the vocabulary fails far later
+            if top >= self.vocab_size:
+                raise UserError(f"{path}: holds token id {top}, beyond the {self.vocab_size} ids of {meta_path}")
+            splits.append(ids)
+        self.train, self.val = splits
         self.tokenizer_dir = self.directory / TOKENIZER_DIR
-        self.vocab_size = int(self.meta["vocab_size"])
 
     def check_context(self, context: int) -> None:
         for name, split in (("train", self.train), ("val", self.val)):

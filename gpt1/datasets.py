@@ -55,6 +55,7 @@ class TaskData:
     metrics: list[str]  # keys of gpt1.metrics.METRICS; the first selects the best epoch
     splits: dict[str, list[Example]]  # "train", "dev", "test", and e.g. "dev_mismatched", "test_middle"
     notes: list[str] = field(default_factory=list)  # remarks to show the user
+    columns: UserColumns | None = None  # the user's own data: which columns it was read from; None for a benchmark
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -107,9 +108,13 @@ def _read_delimited(path: Path, delimiter: str, header: Sequence[str] | None = N
     Tab-separated files are read without quote processing (csv.QUOTE_NONE): TSV has no quoting, and GLUE's
     files contain stray quotes that a quoting reader would treat as multi-line fields. Other delimiters
     follow the usual CSV quoting. Blank lines are skipped; every other row must have the header's width.
+    Fields may be of any length (over-long texts are cut later, by the documented policy).
     """
+    csv.field_size_limit(2**31 - 1)  # the module's default, 131,072 characters, would refuse a long article
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter, quoting=quoting)
+    # strict: a quote that does not close where the field ends is an error, not the start of a field that
+    # swallows the rows after it (Python's reader is lenient by default).
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter, quoting=quoting, strict=True)
     columns = list(header) if header is not None else None
     separated = _SEPARATOR_NAMES.get(delimiter, f"{delimiter!r}-separated")
     rows: list[_Row] = []
@@ -605,13 +610,14 @@ def _choice_label(value: Any, choices: list[str], source: str) -> int:
     """The index a multiple-choice label designates (see UserColumns); it must designate exactly one."""
     text = _label_key(value, source)
     meanings = {i for i, choice in enumerate(choices) if choice == text}
-    if text.isdigit() and int(text) < len(choices):
+    if text.isascii() and text.isdigit() and int(text) < len(choices):
         meanings.add(int(text))
-    if len(text) == 1 and text in string.ascii_uppercase[:len(choices)]:
-        meanings.add(string.ascii_uppercase.index(text))
+    letters = string.ascii_uppercase[:len(choices)]
+    if len(text) == 1 and text in letters:
+        meanings.add(letters.index(text))
     if not meanings:
         raise UserError(f"{source}: label {text!r} is neither a choice index (0-{len(choices) - 1}), a letter "
-                        f"(A-{string.ascii_uppercase[len(choices) - 1]}) nor the text of a choice")
+                        f"(A-{letters[-1]}) nor the text of a choice")
     if len(meanings) > 1:
         raise UserError(f"{source}: label {text!r} is ambiguous: it designates choices {sorted(meanings)}")
     return meanings.pop()
@@ -645,8 +651,10 @@ def _choice_examples(table: _Table, columns: UserColumns, label_names: list[str]
     examples = []
     for number, row in enumerate(table.rows):
         choices = _choices(row, columns, table.header is not None)
-        if label_names is None:
-            label_names = list(string.ascii_uppercase[:len(choices)])
+        if label_names is None:  # letters, as RACE names its answers; indices beyond Z
+            letters = string.ascii_uppercase
+            label_names = list(letters[:len(choices)]) if len(choices) <= len(letters) else [
+                str(i) for i in range(len(choices))]
         if len(choices) != len(label_names):
             raise UserError(f"{row.source}: expected {len(label_names)} choices like the rows before "
                             f"(or the train file), found {len(choices)}")
@@ -721,7 +729,7 @@ def load_user_task(name: str, kind: str, *, train: str | Path, dev: str | Path |
     notes = [f"{split}: {len(examples):,} examples" for split, examples in splits.items()]
     if first.label_names:
         notes.append(f"labels (from the train file): {', '.join(first.label_names)}")
-    return TaskData(name, kind, first.label_names, metrics, splits, notes)
+    return TaskData(name, kind, first.label_names, metrics, splits, notes, columns)
 
 
 # ---------------------------------------------------------------------------------------------------

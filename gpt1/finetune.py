@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from .checkpoint import (
     CONFIG_FILE,
+    MODEL_FILES,
     TOKENIZER_DIR,
     WEIGHTS_FILE,
     AtomicDirectory,
@@ -43,7 +44,7 @@ from .checkpoint import (
     read_safetensors,
     resolve_model_dir,
 )
-from .errors import UserError
+from .errors import UserError, check_settings
 from .model import GPT, Dropout, GPTConfig
 
 KINDS = ("classification", "entailment", "similarity", "regression", "multiple-choice")
@@ -65,6 +66,11 @@ class InputTransform:
     def __init__(self, tokenizer, kind: str, max_len: int):
         if kind not in KINDS:
             raise ValueError(f"unknown task kind {kind!r}; choose one of {KINDS}")
+        # start and extract, a delimiter between two parts, and one token of each part
+        shortest = {"classification": 3, "multiple-choice": 4}.get(kind, 5)
+        if max_len < shortest:
+            raise UserError(f"max_len (--max-len) {max_len} leaves no room for text: a {kind} input takes at "
+                            f"least {shortest} tokens")
         self.tokenizer, self.kind, self.max_len = tokenizer, kind, max_len
         self.s, self.d, self.e = tokenizer.start_id, tokenizer.delimiter_id, tokenizer.extract_id
 
@@ -226,7 +232,7 @@ class FinetuneConfig:
     epochs: int = 3  # the epoch with the best dev score is kept
     warmup_fraction: float = 0.002  # of all updates; then linear decay to 0
     weight_decay: float = 0.01  # decoupled, on tensors of 2+ dims
-    grad_clip: float = 1.0  # global gradient-norm clipping
+    grad_clip: float = 1.0  # global gradient-norm clipping; 0 turns it off
     lm_coef: float = 0.5  # lambda of the auxiliary LM loss; 0 turns it off
     clf_pdrop: float = 0.1  # dropout on the extract state before the task head
     max_len: int = 0  # tokens per sequence; 0 = the model's context
@@ -235,6 +241,18 @@ class FinetuneConfig:
     max_train_examples: int = 0  # 0 = all
     dtype: str = "fp32"  # "fp32" or "bf16" (autocast)
     seed: int = 0  # of the new weights, the batch order and the dropout masks
+
+    def __post_init__(self):
+        check_settings(
+            self,
+            positive=("lr", "batch_size", "micro_batch", "epochs"),
+            non_negative=("weight_decay", "grad_clip", "lm_coef", "max_len", "max_train_examples", "seed"),
+            below_one=("warmup_fraction", "clf_pdrop"),
+            choices={"dtype": ("fp32", "bf16")},
+        )
+        if self.transfer_layers < -1:
+            raise UserError(f"transfer_layers (--transfer-layers) must be -1 (all) or a number of blocks, "
+                            f"got {self.transfer_layers}")
 
 
 def finetune_lr(update: int, total: int, config: FinetuneConfig) -> float:
@@ -360,7 +378,7 @@ def finetune(
     """Fine-tune on task.splits["train"], pick the best epoch on task.splits["dev"] (by the task's first
     metric), save that model to out_dir with task.json and results.json, and return the results."""
     from .metrics import compute_metrics
-    from .pretrain import decoupled_adam
+    from .pretrain import decoupled_adam, pick_device
 
     out_dir = Path(out_dir)
     if "train" not in task.splits or not task.splits["train"]:
@@ -385,12 +403,10 @@ def finetune(
             print(f"{task.name} {split}: {n} of {len(train if split == 'train' else dev)} examples truncated "
                   f"to {max_len} tokens", file=sys.stderr)
 
-    dev_ = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev_ = pick_device(device)
     model.to(dev_)
     optimizer = decoupled_adam(model, config.lr, config.weight_decay)
     autocast = torch.autocast(dev_.type, dtype=torch.bfloat16) if config.dtype == "bf16" else contextlib.nullcontext()
-    if config.micro_batch < 1:
-        raise UserError(f"--micro-batch {config.micro_batch}: must be at least 1")
     micro = min(config.micro_batch, config.batch_size)
     updates_per_epoch = math.ceil(len(train) / config.batch_size)
     total = updates_per_epoch * config.epochs
@@ -415,7 +431,7 @@ def finetune(
             task_sum, lm_sum, data_time = accumulate_gradients(
                 model, length_groups(batch, micro, group_overhead_tokens(dev_)), config.lm_coef, dev_, autocast)
             data_seconds += data_time
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             train_seconds += time.perf_counter() - t_update
@@ -438,7 +454,8 @@ def finetune(
     bar.close()
     model.load_state_dict(best_state)
     info = {"name": task.name, "kind": task.kind, "label_names": task.label_names, "metrics": task.metrics,
-            "n_outputs": n_outputs, "max_len": max_len}
+            "n_outputs": n_outputs, "max_len": max_len,
+            "columns": asdict(task.columns) if task.columns is not None else None}
     save_task_model(model, info, tokenizer_dir, out_dir / "model")
     results = {"task": task.name, "kind": task.kind, "best_epoch": best["epoch"], "dev": best["dev"],
                "history": history, "truncated": truncated, "train_examples": len(train), "dev_examples": len(dev),
@@ -453,7 +470,7 @@ TASK_FILE = "task.json"
 
 
 def save_task_model(model: TaskModel, info: dict, tokenizer_dir: Path | None, directory: Path) -> None:
-    with AtomicDirectory(directory) as tmp:
+    with AtomicDirectory(directory, (*MODEL_FILES, TASK_FILE)) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(model.transformer.config.to_dict(), indent=2) + "\n", encoding="utf-8")
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
                   str(tmp / WEIGHTS_FILE), metadata={"format": "gpt1-task"})
@@ -476,6 +493,9 @@ def load_task_model(directory: Path, device: str = "cpu") -> tuple[TaskModel, di
         raise UserError(f"{directory}: not a fine-tuned model (no {TASK_FILE}; run `gpt1 finetune`)")
     directory = found
     info = read_json(directory / TASK_FILE)
+    missing = [key for key in ("kind", "n_outputs", "label_names", "metrics", "max_len") if key not in info]
+    if missing:
+        raise UserError(f"{directory / TASK_FILE}: lacks {', '.join(missing)}; it was not written by `gpt1 finetune`")
     model = TaskModel(load_config(directory), info["kind"], info["n_outputs"])
     load_weights_into(model, read_safetensors(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
     return model.to(device).eval(), info
@@ -507,7 +527,7 @@ def evaluate_other_splits(task, tokenizer, out_dir: Path) -> dict:
         if scores:
             results[split] = {**scores, "examples": len(examples), "truncated": cut}
             tqdm.write(f"{task.name} {split}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-        else:
+        elif task.columns is None:  # a benchmark; the user's own task named like one has other labels
             try:
                 glue_submission_filename(task.name, split)
             except (KeyError, UserError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .errors import UserError
 from .model import GPT, KVCache
 
 
@@ -36,14 +37,23 @@ def generate(
 
     When the context fills up, the cache is rebuilt from the last half context of tokens and decoding goes on.
     """
+    for name, value, valid, wanted in (
+        ("max_new_tokens", max_new_tokens, max_new_tokens >= 0, ">= 0"),
+        ("temperature", temperature, temperature >= 0, ">= 0 (0 is greedy)"),
+        ("top_k", top_k, top_k >= 0, ">= 0 (0 is off)"),
+        ("top_p", top_p, 0 < top_p <= 1, "in (0, 1] (1 is off)"),
+        ("num_samples", num_samples, num_samples >= 1, ">= 1"),
+    ):
+        if not valid:
+            raise UserError(f"{name} (--{name.replace('_', '-')}) must be {wanted}, got {value}")
+    if not prompt_ids:
+        raise UserError("the prompt is empty: give at least one token")
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else torch.seed())
     n_ctx = model.config.n_positions
     tokens = torch.tensor([prompt_ids] * num_samples, dtype=torch.long, device=device)  # (S, P)
-    if tokens.size(1) == 0:
-        raise ValueError("the prompt is empty: give at least one token")
     tokens = tokens[:, -n_ctx:]
     dtype = next(model.parameters()).dtype
     if torch.is_autocast_enabled(device.type):  # keys and values come out of the autocast matmuls
@@ -70,6 +80,6 @@ def generate(
 def generate_text(model: GPT, tokenizer, prompt: str = "", max_new_tokens: int = 100, **sampling) -> list[str]:
     """Decoded samples continuing `prompt` (which they include); an empty prompt starts a new paragraph.
     `sampling`: temperature, top_k, top_p, seed, num_samples as for `generate`."""
-    prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.newline_id]
+    prompt_ids = tokenizer.encode(prompt) if prompt.strip() else [tokenizer.newline_id]  # spaces encode to nothing
     samples = generate(model, prompt_ids, max_new_tokens, **sampling)
-    return [tokenizer.decode((prompt_ids if prompt else []) + ids) for ids in samples]
+    return [tokenizer.decode((prompt_ids if prompt.strip() else []) + ids) for ids in samples]

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from .checkpoint import (
     LATEST_FILE,
     append_jsonl,
+    MODEL_FILES,
     OPTIMIZER_FILE,
     STATE_FILE,
     AtomicDirectory,
@@ -54,7 +55,7 @@ from .checkpoint import (
     resolve_model_dir,
 )
 from .data import TokenData, validation_starts, window_starts, windows
-from .errors import UserError
+from .errors import UserError, check_settings
 from .model import GPT, GPTConfig, PRESETS
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -76,7 +77,7 @@ class PretrainConfig:
     weight_decay: float = 0.01  # decoupled, on tensors of 2+ dims
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    grad_clip: float = 1.0  # global gradient-norm clipping
+    grad_clip: float = 1.0  # global gradient-norm clipping; 0 turns it off
     dtype: str = "fp32"  # "fp32" or "bf16" (autocast)
     compile: bool = False  # torch.compile the loss computation (the first updates pay the compile time)
     activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, ~1/3 more compute
@@ -86,6 +87,19 @@ class PretrainConfig:
     checkpoint_every: int = 1000  # updates
     keep_checkpoints: int = 2  # the newest ones; 0 keeps every checkpoint (for `gpt1 zero-shot` over a run)
     seed: int = 1234  # of the initial weights, the windows and the dropout masks
+
+    def __post_init__(self):
+        check_settings(
+            self,
+            positive=("micro_batch", "tokens_per_update", "epochs", "lr", "eps", "eval_every", "eval_windows",
+                      "checkpoint_every"),
+            non_negative=("context", "max_updates", "warmup_updates", "weight_decay", "grad_clip",
+                          "keep_checkpoints", "seed"),
+            choices={"preset": sorted(PRESETS), "dtype": ("fp32", "bf16")},
+        )
+        if not (isinstance(self.betas, tuple) and len(self.betas) == 2
+                and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)):
+            raise UserError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
 
     @classmethod
     def from_recipe(cls, recipe: str | Path, overrides: dict | None = None) -> PretrainConfig:
@@ -107,20 +121,18 @@ class PretrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise UserError(f"{source}: unknown setting(s) {unknown}; known: {sorted(known)}")
-        if "betas" in values:
+        if isinstance(values.get("betas"), list):  # TOML has arrays, not tuples
             values = {**values, "betas": tuple(values["betas"])}
-        config = cls(**values)
-        if config.preset not in PRESETS:
-            raise UserError(f"{source}: unknown preset {config.preset!r}; choose one of {sorted(PRESETS)}")
-        if config.dtype not in ("fp32", "bf16"):
-            raise UserError(f"{source}: dtype must be 'fp32' or 'bf16', not {config.dtype!r}")
-        return config
+        try:
+            return cls(**values)
+        except UserError as e:
+            raise UserError(f"{source}: {e}") from None
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         try:
             return GPTConfig(**{**PRESETS[self.preset], "vocab_size": vocab_size, **self.model})
         except (TypeError, ValueError) as e:
-            raise UserError(f"model settings: {e}") from None
+            raise UserError(f"model settings ([model] of the recipe): {e}") from None
 
 
 def lr_at(step: int, config: PretrainConfig, total: int) -> float:
@@ -245,9 +257,18 @@ def _seed(*parts: int) -> int:
 
 def pick_device(name: str | None) -> torch.device:
     """`name`, or cuda when there is one, else cpu; a GPU without an index is this process's torchrun slot."""
-    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device name (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: this machine has no usable CUDA GPU (torch {torch.__version__})")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: GPU {device.index} does not exist; this machine has "
+                            f"{torch.cuda.device_count()}")
     return device
 
 
@@ -356,7 +377,7 @@ def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_upd
                     loss = loss_module(x, y)
                 (loss / accumulation).backward()
                 loss_sum += loss.item()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf).item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -430,7 +451,7 @@ def save_checkpoint(out_dir: Path, model: GPT, optimizer, step: int, tokens: int
     if ddp.is_main:
         name = f"step-{step:08d}"
         checkpoints = out_dir / "checkpoints"
-        with AtomicDirectory(checkpoints / name) as tmp:
+        with AtomicDirectory(checkpoints / name, (*MODEL_FILES, OPTIMIZER_FILE, STATE_FILE)) as tmp:
             write_model_files(tmp, model.config, weights, data.tokenizer_dir)
             save_file(moments, str(tmp / OPTIMIZER_FILE))
             write_json_atomic(tmp / STATE_FILE, {
@@ -473,11 +494,19 @@ def _load_optimizer(ckpt: Path, optimizer) -> None:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop records written after the checkpoint, which the resumed run will write again."""
+    """On resume, drop records written after the checkpoint, which the resumed run will write again, and a last
+    line that a kill cut short (it has no newline yet)."""
     if not path.exists():
         return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line and json.loads(line)["update"] <= step] if step else []
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]  # the piece after the last newline
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            update = json.loads(line)["update"] if line else None
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{path}:{number}: not a metrics record; the file was changed by hand") from None
+        if update is not None and update <= step and step:  # from step 0 everything is written again
+            kept.append(line)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     os.replace(tmp, path)

@@ -426,17 +426,18 @@ class Tokenizer:
     def save(self, directory: str | os.PathLike) -> None:
         """Write `encoder_bpe_{n}.json` and `vocab_{n}.bpe` in the byte layout of OpenAI's release, and the
         settings in `tokenizer.json`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        from .checkpoint import TOKENIZER_FILES, AtomicDirectory  # torch: not for encoding's start-up
+
         n = len(self.merges)
         by_id = sorted(self.encoder.items(), key=lambda kv: kv[1])
         # The release lists ids 1.. in order and "<unk>": 0 last; json.dumps' defaults reproduce it byte for byte.
         ordered = dict([kv for kv in by_id if kv[0] != UNK] + [(UNK, self.unk_id)])
-        (directory / f"encoder_bpe_{n}.json").write_text(json.dumps(ordered), encoding="utf-8")
         lines = [MERGES_HEADER] + [f"{a} {b}" for a, b in self.merges]
-        (directory / f"vocab_{n}.bpe").write_text("\n".join(lines) + "\n", encoding="utf-8")
         settings = {"lowercase_first": self.lowercase_first}
-        (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        with AtomicDirectory(Path(directory), TOKENIZER_FILES) as tmp:  # a folder of one vocabulary only
+            (tmp / f"encoder_bpe_{n}.json").write_text(json.dumps(ordered), encoding="utf-8")
+            (tmp / f"vocab_{n}.bpe").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
 
 class _CrossPairs(set):
@@ -637,8 +638,11 @@ def train_tokenizer(
     Layout as in the release: 0 `<unk>`, the characters (most frequent first), the same with `</w>`, one id per
     new merge result in merge order, `\\n</w>` last."""
     global _WORKER_TOKENIZER, _WORKER_TEXTS
+    from .checkpoint import TOKENIZER_FILES, refuse_foreign
+
     if n_merges < 0:
         raise UserError(f"n_merges must be >= 0, got {n_merges}")
+    refuse_foreign(Path(directory), TOKENIZER_FILES)  # before the work, not after
     texts = list(texts)
     workers = (os.cpu_count() or 1) if workers is None else workers
     pre = Tokenizer({UNK: 0, NEWLINE: 1}, [])

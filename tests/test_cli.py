@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -120,6 +121,17 @@ def test_prepare_skips_bad_files_when_asked_and_lists_them(vocab, tmp_path, caps
     assert meta["train_tokens"] > 0 and meta["val_tokens"] > 0
 
 
+def test_files_of_a_folder_without_a_text_suffix_are_named_not_dropped_silently(tmp_path, capsys):
+    from gpt1.data import find_text_files
+
+    for name in ("a.txt", "b.md", "README", "notes.rst"):
+        (tmp_path / name).write_text("text")
+    assert find_text_files([tmp_path]) == [tmp_path / "a.txt", tmp_path / "b.md"]
+    err = capsys.readouterr().err
+    assert "not read" in err and "README, notes.rst" in err
+    assert find_text_files([tmp_path / "README"]) == [tmp_path / "README"]  # named, it is read
+
+
 def test_prepare_strips_gutenberg_header_and_footer(vocab, tmp_path, capsys):
     book = tmp_path / "book.txt"
     book.write_text("The Project Gutenberg eBook of X\nlicence blah\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\n"
@@ -149,6 +161,12 @@ def test_train_tokenizer_reads_gutenberg_books_like_prepare(tmp_path, capsys):
     assert "story</w>" in vocab and not any("zz" in token for token in vocab)  # licence text never counted
     code, _, err = run(capsys, "train-tokenizer", tmp_path / "book.txt", tmp_path / "missing", "--out", tmp_path / "t2")
     assert code == 2 and "missing" in err
+    code, out, err = run(capsys, "train-tokenizer", book, "--gutenberg", "--merges", "5000", "--out", tmp_path / "tok",
+                         "--workers", "1")  # again, into the same folder, with more merges than the text allows
+    assert code == 0, err
+    learned = len((tmp_path / "tok" / next((tmp_path / "tok").glob("vocab_*.bpe")).name).read_text().splitlines()) - 1
+    assert f"({learned} merges of the 5000 asked for" in out and learned < 5000
+    assert len(list((tmp_path / "tok").glob("encoder_bpe_*.json"))) == 1  # the old vocabulary replaced, not beside it
 
 
 def test_generate_refuses_weights_of_another_shape(tmp_path, capsys):
@@ -171,6 +189,47 @@ def test_convert_of_a_missing_folder_and_of_a_foreign_config(tmp_path, capsys):
     assert code == 2
     one_line_error(err, "config.json", "gpt2")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_holding_other_files_is_refused_and_left_alone(tmp_path, capsys):
+    """Outputs replace their folder whole (atomically), so a folder with anything they do not write is refused
+    before any work: `--out` pointed at the input or at a folder of one's own must not delete it."""
+    save_model(GPT(GPTConfig(vocab_size=97, n_positions=16, n_embd=64, n_layer=1, n_head=1)), tmp_path / "m")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("precious")
+    for layout in ("hf", "openai", "gpt1"):
+        code, _, err = run(capsys, "convert", "--from", "gpt1", "--to", layout, tmp_path / "m", mine)
+        assert code == 2, err
+        one_line_error(err, str(mine), "thesis.txt", "choose another output folder")
+        assert (mine / "thesis.txt").read_text() == "precious"
+    (tmp_path / "file").write_text("not a folder")
+    code, _, err = run(capsys, "convert", "--from", "gpt1", "--to", "hf", tmp_path / "m", tmp_path / "file")
+    assert code == 2 and "is not a folder" in err and (tmp_path / "file").read_text() == "not a folder"
+    code, _, err = run(capsys, "prepare", mine, "--tokenizer", tmp_path, "--out", mine)
+    assert code == 2 and "thesis.txt" in err and (mine / "thesis.txt").read_text() == "precious"
+    code, _, err = run(capsys, "train-tokenizer", mine, "--merges", "5", "--out", mine)
+    assert code == 2 and "thesis.txt" in err and (mine / "thesis.txt").read_text() == "precious"
+    for _ in range(2):  # a folder this command wrote before is replaced
+        code, _, err = run(capsys, "convert", "--from", "gpt1", "--to", "hf", tmp_path / "m", tmp_path / "hf")
+        assert code == 0, err
+
+
+@pytest.mark.parametrize("break_model, message", [
+    (lambda m: m / "model.safetensors", "a file, not a model folder"),
+    (lambda m: (m / "config.json").write_text(json.dumps({**json.loads((m / "config.json").read_text()), "n_head": 0})),
+     "config.json: not a gpt1 model config: n_head must be a positive integer, got 0"),
+    (lambda m: (m / "config.json").write_text(json.dumps({**json.loads((m / "config.json").read_text()),
+                                                          "n_layer": "2"})),
+     "config.json: not a gpt1 model config: n_layer must be a positive integer, got '2'"),
+])
+def test_a_model_path_that_is_a_file_or_a_broken_config_is_one_line(tmp_path, capsys, break_model, message):
+    save_model(GPT(GPTConfig(vocab_size=97, n_positions=16, n_embd=32, n_layer=1, n_head=4)), tmp_path / "m")
+    given = break_model(tmp_path / "m")  # the path to pass, or the count write_text returns
+    model = given if isinstance(given, Path) else tmp_path / "m"
+    code, _, err = run(capsys, "generate", "--model", model, "--tokenizer", tmp_path)
+    assert code == 2
+    one_line_error(err, message)
 
 
 def test_pretrain_refuses_a_context_longer_than_the_model(token_data, tmp_path, capsys):

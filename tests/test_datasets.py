@@ -305,11 +305,29 @@ def test_user_task_uses_train_labels(tmp_path):
      r"a.jsonl:2: expected 2 choices"),
     ("a.txt", "text,label\nx,1\n", "classification", UserColumns(), r"a.txt: unknown file type"),
     ("a.csv", 'text,label\n"x,1\n', "classification", UserColumns(), r"a.csv:2: "),
+    # a quote left open would swallow the rows after it into one field: Python's lenient reader gave 2 rows of 4
+    ("a.csv", 'text,label\n"Great film,pos\nbad,neg\nshe said "wow" loudly,neg\ngood,pos\n', "classification",
+     UserColumns(), r"a.csv:2: ',' expected after '\"'"),
+    ("a.csv", 'text,label\nx,"pos"x\n', "classification", UserColumns(), r"a.csv:2: ',' expected after '\"'"),
+    ("a.jsonl", '{"context": "C", "question": "Q", "choices": ["a", "b"], "label": "\u00b2"}\n', "multiple-choice",
+     UserColumns(), r"a.jsonl:1: label '\u00b2' is neither a choice index"),
 ])
 def test_user_data_errors(tmp_path, name, text, kind, columns, message):
     path = write(tmp_path / name, text)
     with pytest.raises(UserError, match=message):
         load_user_data(path, kind, columns)
+
+
+def test_user_data_long_fields_and_many_choices(tmp_path):
+    """The policy for over-long text is to cut it at encoding time, so reading must not refuse it (the csv
+    module's default limit is 131,072 characters); more than 26 choices are named by index."""
+    article = "word " * 40_000
+    data = load_user_data(write(tmp_path / "a.csv", f'text,label\n"{article}",x\nshort,y\n'), "classification")
+    assert data.examples[0].text_a == article
+    choices = [f"answer {i}" for i in range(30)]
+    row = json.dumps({"context": "C", "question": "Q", "choices": choices, "label": 28})
+    data = load_user_data(write(tmp_path / "mc.jsonl", row + "\n"), "multiple-choice")
+    assert data.label_names == [str(i) for i in range(30)] and data.examples[0].label == 28
 
 
 def test_user_data_non_utf8_and_options(tmp_path):

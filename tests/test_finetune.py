@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gpt1.checkpoint import save_model
+from gpt1.datasets import TaskData
 from gpt1.finetune import (
     FinetuneConfig, InputTransform, TaskModel, accumulate_gradients, build_task_model, collate, finetune, finetune_lr,
     length_groups, lm_targets, load_task_model,
@@ -192,8 +193,7 @@ def test_finetuning_learns_a_separable_task_and_keeps_the_best_epoch(tokenizer, 
         return ex(text, label=label)
 
     splits = {"train": [sample(i % 2) for i in range(96)], "dev": [sample(i % 2) for i in range(40)]}
-    task = SimpleNamespace(name="toy", kind="classification", label_names=["neg", "pos"], metrics=["accuracy"],
-                           splits=splits, notes=[])
+    task = TaskData("toy", "classification", ["neg", "pos"], ["accuracy"], splits)
     # A randomly initialised "pre-trained" model's LM loss (~10.6) would swamp this tiny task: lambda = 0 here.
     config = FinetuneConfig(lr=3e-3, batch_size=16, micro_batch=8, epochs=4, warmup_fraction=0.05, lm_coef=0.0)
     results = finetune(task, tokenizer, require_shared_data("gpt1_vocab"), pretrained, tmp_path / "out", config,
@@ -214,8 +214,7 @@ def test_finetuning_learns_a_separable_task_and_keeps_the_best_epoch(tokenizer, 
 
 def test_the_auxiliary_lm_loss_is_trained_when_lambda_is_positive(tokenizer, pretrained, tmp_path):
     examples = [ex("the cat sat on the mat", label=i % 2) for i in range(32)]
-    task = SimpleNamespace(name="toy", kind="classification", label_names=["a", "b"], metrics=["accuracy"],
-                           splits={"train": examples}, notes=[])
+    task = TaskData("toy", "classification", ["a", "b"], ["accuracy"], {"train": examples})
     for coef in (0.5, 0.0):
         config = FinetuneConfig(lr=1e-2, batch_size=8, micro_batch=4, epochs=2, lm_coef=coef)
         finetune(task, tokenizer, None, pretrained, tmp_path / str(coef), config, progress=False)
@@ -227,8 +226,10 @@ def test_the_auxiliary_lm_loss_is_trained_when_lambda_is_positive(tokenizer, pre
             assert set(lm) == {0.0}
 
 
-def test_finetune_evaluate_predict_on_user_csv_from_the_command_line(tokenizer, pretrained, tmp_path, capsys):
+def test_finetune_evaluate_predict_on_user_csv_from_the_command_line(tokenizer, pretrained, tmp_path, capsys,
+                                                                   monkeypatch):
     import csv
+    import io
 
     from gpt1.checkpoint import copy_tokenizer
     from gpt1.cli import main
@@ -256,6 +257,12 @@ def test_finetune_evaluate_predict_on_user_csv_from_the_command_line(tokenizer, 
     out, err = capsys.readouterr()
     assert code == 0, err
     assert json.loads(out)["accuracy"] == results["dev"]["accuracy"]
+    # the model remembers the columns it was trained from: no options needed to read a file like the training file
+    code = main(["evaluate", "--model", str(tmp_path / "ft"), "--data", str(tmp_path / "dev.csv"),
+                 "--out", str(tmp_path / "new" / "folder" / "scores.json")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads((tmp_path / "new" / "folder" / "scores.json").read_text())["accuracy"] == results["dev"]["accuracy"]
 
     (tmp_path / "new.jsonl").write_text('{"review": "the film was superb indeed"}\n{"review": "a film was awful indeed"}\n')
     code = main(["predict", "--model", str(tmp_path / "ft"), str(tmp_path / "new.jsonl"), "--text", "review",
@@ -265,11 +272,58 @@ def test_finetune_evaluate_predict_on_user_csv_from_the_command_line(tokenizer, 
     assert [r["prediction"] for r in rows] == ["good", "bad"]
     assert abs(float(rows[0]["p_bad"]) + float(rows[0]["p_good"]) - 1) < 1e-6
 
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b'{"review": "ok"}\n{"text": "no review"}\n')))
+    code = main(["predict", "--model", str(tmp_path / "ft")])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: <stdin>:2: missing column 'review'" in err and "tmp" not in err, err
+
     (tmp_path / "bad_dev.csv").write_text("review,sentiment\nfine film,neutral\n", encoding="utf-8")
     code = main(["evaluate", "--model", str(tmp_path / "ft"), "--data", str(tmp_path / "bad_dev.csv"), "--text",
                  "review", "--label", "sentiment"])
     err = capsys.readouterr().err
     assert code == 2 and "bad_dev.csv:2" in err and "neutral" in err
+
+
+def test_a_users_task_named_like_a_glue_task_gets_no_glue_submission(pretrained, tmp_path, capsys):
+    """GLUE's RTE.tsv maps class indices to RTE's labels; the user's "rte" has labels of its own."""
+    from gpt1.checkpoint import copy_tokenizer
+    from gpt1.cli import main
+
+    copy_tokenizer(require_shared_data("gpt1_vocab"), pretrained / "tokenizer")
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"text {i},{['mid', 'neg', 'pos'][i % 3]}\n"
+                                                                  for i in range(12)))
+    (tmp_path / "test.csv").write_text("text\nnew text\nother text\n")
+    code = main(["finetune", "--model", str(pretrained), "--out", str(tmp_path / "ft"), "--task", "classification",
+                 "--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"), "--name", "rte",
+                 "--epochs", "1", "--batch-size", "4"])
+    assert code == 0, capsys.readouterr().err
+    assert not (tmp_path / "ft" / "submission").exists()
+    code = main(["finetune", "--model", str(pretrained), "--out", str(tmp_path / "ft2"), "--task", "classification",
+                 "--train", str(tmp_path / "train.csv"), "--text-b", "text"])
+    assert code == 2 and "--text-b is for entailment" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--batch-size", "0"], "batch_size (--batch-size) must be > 0, got 0"),
+    (["--epochs", "0"], "epochs (--epochs) must be > 0"),
+    (["--max-len", "-1"], "max_len (--max-len) must be >= 0"),
+    (["--clf-pdrop", "2"], "clf_pdrop (--clf-pdrop) must be in [0, 1)"),
+    (["--dtype", "fp16"], "dtype (--dtype) must be one of 'fp32', 'bf16'"),
+    (["--max-train-examples", "-1"], "max_train_examples (--max-train-examples) must be >= 0"),
+    (["--max-len", "4", "--task", "entailment", "--text-b", "text"], "--max-len) 4 leaves no room for text"),
+    (["--device", "nonsense"], "--device nonsense: not a device name"),
+])
+def test_fine_tuning_options_out_of_range_are_one_line_errors(pretrained, tmp_path, capsys, option, message):
+    from gpt1.checkpoint import copy_tokenizer
+    from gpt1.cli import main
+
+    copy_tokenizer(require_shared_data("gpt1_vocab"), pretrained / "tokenizer")
+    (tmp_path / "train.csv").write_text("text,label\na b c,x\nd e f,y\n")
+    arguments = ["finetune", "--model", str(pretrained), "--out", str(tmp_path / "ft"), "--train",
+                 str(tmp_path / "train.csv"), *option]
+    code = main(arguments + ([] if "--task" in option else ["--task", "classification"]))
+    err = capsys.readouterr().err
+    assert code == 2 and message in err.strip().splitlines()[-1] and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("kind", ["classification", "multiple-choice"])

@@ -1,7 +1,9 @@
 """Sampling: filters, seeds, greedy decoding through the KV cache, and going past the context."""
 
+import pytest
 import torch
 
+from gpt1.errors import UserError
 from gpt1.generate import filter_logits, generate
 from gpt1.model import GPT, GPTConfig
 
@@ -54,3 +56,16 @@ def test_generation_continues_past_the_context_length():
     samples = generate(m, list(range(1, 15)), 40, seed=0, num_samples=3)
     assert len(samples) == 3 and all(len(s) == 40 for s in samples)
     assert all(0 <= t < 50 for s in samples for t in s)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"num_samples": 0}, r"num_samples \(--num-samples\) must be >= 1, got 0"),
+    ({"top_p": 0.0}, r"top_p \(--top-p\) must be in \(0, 1\]"),
+    ({"top_k": -1}, r"top_k \(--top-k\) must be >= 0"),
+    ({"temperature": -0.5}, r"temperature \(--temperature\) must be >= 0"),
+])
+def test_sampling_settings_out_of_range_are_named(setting, message):
+    with pytest.raises(UserError, match=message):
+        generate(model(), [1, 2], 3, **setting)
+    with pytest.raises(UserError, match="the prompt is empty"):
+        generate(model(), [], 3)

@@ -84,6 +84,64 @@ def test_resumed_run_repeats_the_uninterrupted_run_loss_for_loss(token_data, tmp
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
 
 
+def test_resume_after_a_kill_that_cut_the_last_metrics_line(token_data, tmp_path):
+    config = PretrainConfig.from_dict({**TINY, "max_updates": 6})
+    pretrain(config, token_data, tmp_path / "run", progress=False, max_updates_this_run=4)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    with open(metrics, "a", encoding="utf-8") as f:
+        f.write('{"update": 5, "lo')  # a kill in the middle of appending a record
+    pretrain(config, token_data, tmp_path / "run", resume=True, progress=False)
+    assert set(losses(tmp_path / "run")) == set(range(1, 7))  # every line parses; updates 4-6 written again
+    metrics.write_text(metrics.read_text() + "hand-written note\n")
+    with pytest.raises(UserError, match=r"metrics.jsonl:\d+: not a metrics record"):
+        pretrain(PretrainConfig.from_dict({**TINY, "max_updates": 9}), token_data, tmp_path / "run", resume=True,
+                 progress=False)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "train.bin").unlink(), r"train.bin: missing; run `gpt1 prepare` again"),
+    (lambda d: (d / "val.bin").write_bytes(b""), r"val.bin: empty"),
+    (lambda d: (d / "train.bin").write_bytes(b"\x01\x00\x02"), r"train.bin: cut short"),
+    (lambda d: (d / "meta.json").write_text('{"dtype": "uint16"}'), r"meta.json: not the metadata .*vocab_size"),
+    (lambda d: (d / "meta.json").write_text('{"dtype": "float7", "vocab_size": 64}'), r"meta.json: not the metadata"),
+    (lambda d: (d / "meta.json").write_text('{"dtype": "uint16", "vocab_size": 10}'),
+     r"train.bin: holds token id \d+, beyond the 10 ids of .*meta.json"),
+])
+def test_a_damaged_data_folder_is_named_before_training(token_data, damage, message):
+    damage(token_data)
+    with pytest.raises(UserError, match=message):
+        TokenData(token_data)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"micro_batch": 0}, r"recipe.toml: micro_batch \(--micro-batch\) must be > 0, got 0"),
+    ({"micro_batch": "eight"}, r"micro_batch \(--micro-batch\) must be an integer, got 'eight'"),
+    ({"tokens_per_update": 0}, r"tokens_per_update .* must be > 0"),
+    ({"max_updates": -1}, r"max_updates .* must be >= 0"),
+    ({"context": -1}, r"context .* must be >= 0"),
+    ({"eval_every": 0}, r"eval_every .* must be > 0"),
+    ({"lr": float("nan")}, r"lr .* must be a finite number"),
+    ({"betas": [0.9, 1.5]}, r"betas must be two numbers in \[0, 1\)"),
+    ({"dtype": "fp16"}, r"dtype .* must be one of 'fp32', 'bf16'"),
+    ({"preset": "huge"}, r"preset .* must be one of"),
+    ({"compile": 1}, r"compile .* must be true or false"),
+])
+def test_settings_out_of_range_or_of_the_wrong_type_are_named(setting, message):
+    with pytest.raises(UserError, match=message):
+        PretrainConfig.from_dict({**TINY, **setting}, source="recipe.toml")
+
+
+def test_grad_clip_zero_turns_clipping_off(token_data, tmp_path):
+    """clip_grad_norm_ with a maximum of 0 would zero every gradient: 0 must mean no clipping instead."""
+    for name, clip in (("off", 0.0), ("huge", 1e9)):
+        pretrain(PretrainConfig.from_dict({**TINY, "max_updates": 3, "grad_clip": clip}), token_data, tmp_path / name,
+                 progress=False)
+    assert losses(tmp_path / "off") == losses(tmp_path / "huge")
+    off, huge = load_model(tmp_path / "off").state_dict(), load_model(tmp_path / "huge").state_dict()
+    for name in off:
+        torch.testing.assert_close(off[name], huge[name], rtol=0, atol=0)
+
+
 def test_a_crash_while_saving_leaves_the_previous_checkpoint_whole(token_data, tmp_path, monkeypatch):
     config = PretrainConfig.from_dict({**TINY, "max_updates": 6})
     pretrain(config, token_data, tmp_path / "run", progress=False, max_updates_this_run=3)
@@ -144,10 +202,23 @@ def test_unigram_perplexity_is_that_of_add_one_smoothed_training_frequencies(tmp
 
 
 def test_a_gpu_named_without_index_is_this_processs_torchrun_slot(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert pick_device("cuda") == torch.device("cuda", 1)  # not cuda:0 for every process
     assert pick_device("cuda:0") == torch.device("cuda", 0)
     assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(UserError, match="GPU 2 does not exist; this machine has 2"):
+        pick_device("cuda:2")
+
+
+def test_a_device_this_machine_lacks_or_a_wrong_name_is_a_user_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="--device cuda: this machine has no usable CUDA GPU"):
+        pick_device("cuda")
+    with pytest.raises(UserError, match="--device foo: not a device name"):
+        pick_device("foo")
+    assert pick_device(None) == torch.device("cpu")
 
 
 def test_recipes_parse_and_their_batch_arithmetic_holds():
