@@ -213,6 +213,8 @@ def test_an_output_folder_holding_other_files_is_refused_and_left_alone(tmp_path
     for _ in range(2):  # a folder this command wrote before is replaced
         code, _, err = run(capsys, "convert", "--from", "gpt1", "--to", "hf", tmp_path / "m", tmp_path / "hf")
         assert code == 0, err
+    (tmp_path / "made").mkdir()  # and gets the permissions of any new folder, not the temporary folder's 0700
+    assert (tmp_path / "hf").stat().st_mode & 0o777 == (tmp_path / "made").stat().st_mode & 0o777
 
 
 @pytest.mark.parametrize("break_model, message", [
