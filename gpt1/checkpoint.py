@@ -36,15 +36,43 @@ MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR)
 TOKENIZER_FILES = ("encoder_bpe_*.json", "vocab_*.bpe", "tokenizer.json")  # the release's two, and settings
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace the file at `path` with `text` so that a kill leaves either the old file or the new one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make the file private
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def make_run_folder(path: Path) -> Path:
+    """Create the folder a training command writes into (it may exist); a file in the way is a UserError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{path}: a file is in the way of this output folder; choose another --out") from None
+    return path
+
+
+def check_output_file(path: Path, inputs=()) -> Path:
+    """An output file's path, its folder created: not a folder, not under a file, not one of the `inputs`."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: a folder; --out takes a file name")
+    if any(path.resolve() == Path(source).resolve() for source in inputs if source is not None):
+        raise UserError(f"{path}: is the input file; writing there would overwrite it")
+    make_run_folder(path.parent)
+    return path
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -106,9 +134,7 @@ class AtomicDirectory:
     def __enter__(self) -> Path:
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}.tmp-"))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the finished folder private
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make the finished folder private
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
@@ -119,6 +145,7 @@ class AtomicDirectory:
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+                os.chmod(f, 0o666 & ~_umask())  # files some writers made private (mkstemp)
         if self.final.exists():
             old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
             os.replace(self.final, old)

@@ -204,18 +204,14 @@ def _task_model_and_tokenizer(model_dir):
     return model, info, load_tokenizer(required_tokenizer_dir(task_model_dir(model_dir)))
 
 
-def _make_parent(out: str | None) -> None:
-    """Create the folder of an output file now, not find it missing after the work."""
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-
-
 def cmd_evaluate(args) -> None:
+    from .checkpoint import check_output_file
     from .datasets import load_benchmark, load_user_data
     from .finetune import score_split
 
+    if args.out:  # checked now, not after the work; never the file being read
+        check_output_file(args.out, inputs=[args.data])
     model, info, tokenizer = _task_model_and_tokenizer(args.model)
-    _make_parent(args.out)
     if args.benchmark:
         task = load_benchmark(args.benchmark, args.data)
         if args.split not in task.splits:
@@ -236,11 +232,13 @@ def cmd_predict(args) -> None:
     import csv
     import tempfile
 
+    from .checkpoint import check_output_file
     from .datasets import load_user_data
     from .finetune import encode_examples, InputTransform, predict_logits
 
+    if args.out:
+        check_output_file(args.out, inputs=[args.file])
     model, info, tokenizer = _task_model_and_tokenizer(args.model)
-    _make_parent(args.out)
     columns = _columns(args, info.get("columns"))
     if args.file is not None:
         data = load_user_data(args.file, info["kind"], columns, label_names=info["label_names"], require_label=False)

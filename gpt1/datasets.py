@@ -688,7 +688,7 @@ def load_user_data(path: str | Path, kind: str, columns: UserColumns = UserColum
     if kind not in TASK_KINDS:
         raise UserError(f"unknown task kind {kind!r} (known: {', '.join(TASK_KINDS)})")
     if kind in ("entailment", "similarity") and not columns.text_b:
-        raise UserError(f"a {kind} task needs two text columns: give text_b")
+        raise UserError(f"an input of a {kind} task has two texts: name the second column (--text-b)")
     separator = _format_of(path, delimiter)
     table = _read_jsonl(path) if separator is None else _read_delimited(path, separator)
     optional = [] if require_label else [columns.label]

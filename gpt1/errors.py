@@ -21,7 +21,8 @@ def check_settings(settings, *, positive=(), non_negative=(), below_one=(), choi
     for f in dataclasses.fields(settings):
         value, kinds = getattr(settings, f.name), _TYPES.get(str(f.type))
         if kinds and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
-            raise UserError(f"{_named(f.name)} must be {_TYPE_WORDS[str(f.type)]}, got {value!r}")
+            name = f"[{f.name}]" if str(f.type) == "dict" else _named(f.name)  # a recipe's table has no option
+            raise UserError(f"{name} must be {_TYPE_WORDS[str(f.type)]}, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{_named(f.name)} must be a finite number, got {value!r}")
     for names, test, wanted in ((positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),

@@ -37,6 +37,7 @@ from .checkpoint import (
     WEIGHTS_FILE,
     AtomicDirectory,
     append_jsonl,
+    make_run_folder,
     copy_tokenizer,
     load_config,
     load_weights_into,
@@ -69,8 +70,8 @@ class InputTransform:
         # start and extract, a delimiter between two parts, and one token of each part
         shortest = {"classification": 3, "multiple-choice": 4}.get(kind, 5)
         if max_len < shortest:
-            raise UserError(f"max_len (--max-len) {max_len} leaves no room for text: a {kind} input takes at "
-                            f"least {shortest} tokens")
+            raise UserError(f"max_len (--max-len) {max_len} leaves no room for text: an input of a {kind} "
+                            f"task takes at least {shortest} tokens")
         self.tokenizer, self.kind, self.max_len = tokenizer, kind, max_len
         self.s, self.d, self.e = tokenizer.start_id, tokenizer.delimiter_id, tokenizer.extract_id
 
@@ -411,7 +412,7 @@ def finetune(
     updates_per_epoch = math.ceil(len(train) / config.batch_size)
     total = updates_per_epoch * config.epochs
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_run_folder(out_dir)
     metrics_path = out_dir / "metrics.jsonl"
     metrics_path.write_text("", encoding="utf-8")
     rng = random.Random(config.seed)
@@ -496,6 +497,9 @@ def load_task_model(directory: Path, device: str = "cpu") -> tuple[TaskModel, di
     missing = [key for key in ("kind", "n_outputs", "label_names", "metrics", "max_len") if key not in info]
     if missing:
         raise UserError(f"{directory / TASK_FILE}: lacks {', '.join(missing)}; it was not written by `gpt1 finetune`")
+    if info["kind"] not in KINDS or not isinstance(info["n_outputs"], int) or isinstance(info["n_outputs"], bool):
+        raise UserError(f"{directory / TASK_FILE}: kind {info['kind']!r} / n_outputs {info['n_outputs']!r} are not "
+                        f"what `gpt1 finetune` writes (one of {', '.join(KINDS)} / an integer)")
     model = TaskModel(load_config(directory), info["kind"], info["n_outputs"])
     load_weights_into(model, read_safetensors(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
     return model.to(device).eval(), info

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from .checkpoint import (
     LATEST_FILE,
     append_jsonl,
+    make_run_folder,
     MODEL_FILES,
     OPTIMIZER_FILE,
     STATE_FILE,
@@ -113,7 +114,8 @@ class PretrainConfig:
             values = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"{path}: malformed TOML: {e}") from None
-        return cls.from_dict({**values, **(overrides or {})}, source=path)
+        cls.from_dict(values, source=path)  # a bad value of the recipe itself is named with the file
+        return cls.from_dict({**values, **(overrides or {})}, source=f"{path}, with the options given")
 
     @classmethod
     def from_dict(cls, values: dict, source: Path | str = "config") -> PretrainConfig:
@@ -332,7 +334,7 @@ def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_upd
         _load_optimizer(checkpoint, optimizer)
 
     if ddp.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_run_folder(out_dir)
         write_json_atomic(out_dir / RUN_CONFIG_FILE, {"pretrain": asdict(config), "model": model_config.to_dict(),
                                                       "data": str(data.directory), "world_size": ddp.world_size})
         _truncate_metrics(out_dir / METRICS_FILE, step)

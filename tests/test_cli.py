@@ -214,7 +214,10 @@ def test_an_output_folder_holding_other_files_is_refused_and_left_alone(tmp_path
         code, _, err = run(capsys, "convert", "--from", "gpt1", "--to", "hf", tmp_path / "m", tmp_path / "hf")
         assert code == 0, err
     (tmp_path / "made").mkdir()  # and gets the permissions of any new folder, not the temporary folder's 0700
+    (tmp_path / "made" / "file").write_text("")
     assert (tmp_path / "hf").stat().st_mode & 0o777 == (tmp_path / "made").stat().st_mode & 0o777
+    for written in (tmp_path / "hf").iterdir():  # and its files those of any new file, not mkstemp's 0600
+        assert written.stat().st_mode & 0o777 == (tmp_path / "made" / "file").stat().st_mode & 0o777, written
 
 
 @pytest.mark.parametrize("break_model, message", [
@@ -232,6 +235,20 @@ def test_a_model_path_that_is_a_file_or_a_broken_config_is_one_line(tmp_path, ca
     code, _, err = run(capsys, "generate", "--model", model, "--tokenizer", tmp_path)
     assert code == 2
     one_line_error(err, message)
+
+
+def test_a_training_commands_out_that_is_a_file_is_refused(token_data, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    for out in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "run"):
+        code, _, err = run(capsys, "pretrain", "--data", token_data, "--out", out, "--recipe", "demo", "--preset", "test",
+                           "--context", "32", "--max-updates", "1")
+        assert code == 2
+        one_line_error(err, "a file is in the way")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    code, _, err = run(capsys, "pretrain", "--data", token_data, "--out", tmp_path / "run", "--recipe", "demo",
+                       "--micro-batch", "0")
+    assert code == 2
+    one_line_error(err, "demo.toml, with the options given: micro_batch (--micro-batch) must be > 0")
 
 
 def test_pretrain_refuses_a_context_longer_than_the_model(token_data, tmp_path, capsys):

@@ -272,6 +272,20 @@ def test_finetune_evaluate_predict_on_user_csv_from_the_command_line(tokenizer, 
     assert [r["prediction"] for r in rows] == ["good", "bad"]
     assert abs(float(rows[0]["p_bad"]) + float(rows[0]["p_good"]) - 1) < 1e-6
 
+    before = (tmp_path / "dev.csv").read_bytes()
+    for out, message in ((tmp_path / "dev.csv", "is the input file"), (tmp_path / "ft", "a folder")):
+        code = main(["predict", "--model", str(tmp_path / "ft"), str(tmp_path / "dev.csv"), "--out", str(out)])
+        assert code == 2 and message in capsys.readouterr().err
+        code = main(["evaluate", "--model", str(tmp_path / "ft"), "--data", str(tmp_path / "dev.csv"), "--out", str(out)])
+        assert code == 2 and message in capsys.readouterr().err
+    assert (tmp_path / "dev.csv").read_bytes() == before
+
+    info = json.loads((tmp_path / "ft" / "model" / "task.json").read_text())
+    (tmp_path / "ft" / "model" / "task.json").write_text(json.dumps({**info, "n_outputs": "2"}))
+    code = main(["predict", "--model", str(tmp_path / "ft"), str(tmp_path / "dev.csv")])
+    assert code == 2 and "task.json: kind 'classification' / n_outputs '2'" in capsys.readouterr().err
+    (tmp_path / "ft" / "model" / "task.json").write_text(json.dumps(info))
+
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b'{"review": "ok"}\n{"text": "no review"}\n')))
     code = main(["predict", "--model", str(tmp_path / "ft")])
     err = capsys.readouterr().err
