@@ -128,6 +128,13 @@ def cmd_convert(args) -> None:
     print(f"wrote {args.dst_format} weights to {args.dst}")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _columns(args, recorded: dict | None = None):
     """The columns the options name, on top of `recorded` (those a fine-tuned model was trained from) or the
     defaults."""
@@ -214,10 +221,13 @@ def cmd_evaluate(args) -> None:
     model, info, tokenizer = _task_model_and_tokenizer(args.model)
     if args.benchmark:
         task = load_benchmark(args.benchmark, args.data)
-        if args.split not in task.splits:
-            raise UserError(f"{args.data}: no {args.split!r} split (found {', '.join(task.splits)})")
-        examples, metrics = task.splits[args.split], task.metrics
+        split = args.split or "dev"
+        if split not in task.splits:
+            raise UserError(f"{args.data}: no {split!r} split (found {', '.join(task.splits)})")
+        examples, metrics = task.splits[split], task.metrics
     else:
+        if args.split:
+            raise UserError(f"--split {args.split}: only for --benchmark; {args.data} is scored whole")
         data = load_user_data(args.data, info["kind"], _columns(args, info.get("columns")),
                               label_names=info["label_names"])
         examples, metrics = data.examples, info["metrics"]
@@ -405,7 +415,7 @@ def _add_text_options(p) -> None:
     p.add_argument("--unwrap", action="store_true", help="join hard-wrapped lines within a paragraph")
     p.add_argument("--on-bad-file", choices=["error", "skip"], default="error",
                    help="empty, binary or non-UTF-8 files: stop (default) or skip and list them")
-    p.add_argument("--workers", type=int, default=None, help="encoding processes (default: one per core)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="encoding processes (default: one per core)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -415,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="text -> ids, one document per line")
     p.add_argument("--tokenizer", required=True, type=Path, help="folder with encoder_bpe_*.json and vocab_*.bpe")
     p.add_argument("file", nargs="?", help="UTF-8 text, one document per line (default: stdin)")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all cores)")
     p.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
     p.set_defaults(func=cmd_encode)
 
@@ -534,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, type=Path, help="folder written by `gpt1 finetune`")
     p.add_argument("--data", required=True, type=Path, help="labelled CSV/TSV/JSONL, or a benchmark folder")
     p.add_argument("--benchmark", help="read --data as this benchmark")
-    p.add_argument("--split", default="dev", help="benchmark split (default dev)")
+    p.add_argument("--split", help="benchmark split (default dev); your own file is one split already")
     p.add_argument("--out", help="also write the scores to this JSON file")
     _add_task_arguments(p, with_task=False)
     p.set_defaults(func=cmd_evaluate)

@@ -237,6 +237,14 @@ def test_a_model_path_that_is_a_file_or_a_broken_config_is_one_line(tmp_path, ca
     one_line_error(err, message)
 
 
+def test_a_worker_count_below_one_is_refused_by_the_parser(tmp_path, capsys):
+    for command in (["prepare", tmp_path, "--tokenizer", tmp_path, "--out", tmp_path / "d"],
+                    ["train-tokenizer", tmp_path, "--out", tmp_path / "t"]):
+        with pytest.raises(SystemExit) as stop:
+            main([str(a) for a in command] + ["--workers", "0"])
+        assert stop.value.code == 2 and "--workers: must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_a_training_commands_out_that_is_a_file_is_refused(token_data, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     for out in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "run"):

@@ -272,6 +272,8 @@ def test_finetune_evaluate_predict_on_user_csv_from_the_command_line(tokenizer, 
     assert [r["prediction"] for r in rows] == ["good", "bad"]
     assert abs(float(rows[0]["p_bad"]) + float(rows[0]["p_good"]) - 1) < 1e-6
 
+    code = main(["evaluate", "--model", str(tmp_path / "ft"), "--data", str(tmp_path / "dev.csv"), "--split", "test"])
+    assert code == 2 and "--split test: only for --benchmark" in capsys.readouterr().err
     before = (tmp_path / "dev.csv").read_bytes()
     for out, message in ((tmp_path / "dev.csv", "is the input file"), (tmp_path / "ft", "a folder")):
         code = main(["predict", "--model", str(tmp_path / "ft"), str(tmp_path / "dev.csv"), "--out", str(out)])
