@@ -112,7 +112,12 @@ def cmd_generate(args) -> None:
     tokenizer_dir = args.tokenizer or tokenizer_dir_of(args.model)
     if tokenizer_dir is None:
         raise UserError(f"{args.model}: holds no tokenizer/ folder; pass --tokenizer DIR")
-    samples = generate_text(model, load_tokenizer(tokenizer_dir), args.prompt, args.max_new_tokens,
+    tokenizer = load_tokenizer(tokenizer_dir)
+    prompt_tokens = len(tokenizer.encode(args.prompt))
+    if prompt_tokens > model.config.n_positions:
+        print(f"note: the prompt's {prompt_tokens} tokens exceed the model's {model.config.n_positions} positions; "
+              f"it conditions on the last {model.config.n_positions}", file=sys.stderr)
+    samples = generate_text(model, tokenizer, args.prompt, args.max_new_tokens,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                             num_samples=args.num_samples)
     for i, text in enumerate(samples):

@@ -280,6 +280,9 @@ def test_pretrain_then_generate_from_the_command_line(vocab, tmp_path, capsys):
                          "--max-new-tokens", "5")
     assert code == 0, err
     assert out.startswith("the cat")
+    code, out, err = run(capsys, "generate", "--model", tmp_path / "run", "--prompt", "the cat sat " * 30, "--seed", "1",
+                         "--max-new-tokens", "3")  # 90 tokens; the test preset has 64 positions
+    assert code == 0 and "note: the prompt's 90 tokens exceed the model's 64 positions" in err, err
 
 
 def test_glue_score_averages_the_dev_results_of_finetune_runs(tmp_path, capsys):
