@@ -7,6 +7,7 @@ import ctypes
 import dataclasses
 import inspect
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -140,6 +141,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _columns(args, recorded: dict | None = None):
     """The columns the options name, on top of `recorded` (those a fine-tuned model was trained from) or the
     defaults."""
@@ -181,6 +189,8 @@ def cmd_finetune(args) -> None:
     from .pretrain import pick_device
     from .tokenizer import load_tokenizer
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each rank would train the whole task into the same --out
+        raise UserError("finetune runs in one process; start it without torchrun (only pretrain is distributed)")
     config = _finetune_config(args)
     pick_device(args.device)  # a wrong --device is named now, not after reading and encoding the data
     pretrained = resolve_model_dir(args.model) if args.model else None
@@ -539,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--winograd", type=Path,
                    help="Winograd schemas for the winograd task: JSONL/CSV/TSV with `sentence` (the pronoun "
                         "written as one _), `choices` (list of candidates) and `label` (0-based index)")
-    p.add_argument("--limit", type=int, default=500,
+    p.add_argument("--limit", type=_non_negative_int, default=500,
                    help="score a seeded sample of this many examples per task; 0 = all (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)

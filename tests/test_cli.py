@@ -245,6 +245,22 @@ def test_a_worker_count_below_one_is_refused_by_the_parser(tmp_path, capsys):
         assert stop.value.code == 2 and "--workers: must be at least 1, got 0" in capsys.readouterr().err
 
 
+def test_a_negative_zero_shot_limit_is_refused_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["zero-shot", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "z"), "--limit", "-5"])
+    assert stop.value.code == 2 and "--limit: must be at least 0, got -5" in capsys.readouterr().err
+
+
+def test_finetune_under_torchrun_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it for each rank
+    csv = tmp_path / "train.csv"
+    csv.write_text("text,label\na,0\n")
+    code = main(["finetune", "--model", str(tmp_path), "--task", "classification", "--train", str(csv),
+                 "--out", str(tmp_path / "ft")])
+    assert code == 2 and "without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "ft").exists()
+
+
 def test_a_training_commands_out_that_is_a_file_is_refused(token_data, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     for out in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "run"):
