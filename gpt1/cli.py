@@ -134,18 +134,16 @@ def cmd_convert(args) -> None:
     print(f"wrote {args.dst_format} weights to {args.dst}")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_at_least(minimum: int):
+    """An argparse type: an integer, refused below `minimum` with the option named."""
 
+    def integer(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+    return integer
 
 
 def _columns(args, recorded: dict | None = None):
@@ -430,7 +428,7 @@ def _add_text_options(p) -> None:
     p.add_argument("--unwrap", action="store_true", help="join hard-wrapped lines within a paragraph")
     p.add_argument("--on-bad-file", choices=["error", "skip"], default="error",
                    help="empty, binary or non-UTF-8 files: stop (default) or skip and list them")
-    p.add_argument("--workers", type=_positive_int, default=None, help="encoding processes (default: one per core)")
+    p.add_argument("--workers", type=_int_at_least(1), default=None, help="encoding processes (default: one per core)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -440,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="text -> ids, one document per line")
     p.add_argument("--tokenizer", required=True, type=Path, help="folder with encoder_bpe_*.json and vocab_*.bpe")
     p.add_argument("file", nargs="?", help="UTF-8 text, one document per line (default: stdin)")
-    p.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=_int_at_least(1), default=None, help="processes (default: all cores)")
     p.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
     p.set_defaults(func=cmd_encode)
 
@@ -549,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--winograd", type=Path,
                    help="Winograd schemas for the winograd task: JSONL/CSV/TSV with `sentence` (the pronoun "
                         "written as one _), `choices` (list of candidates) and `label` (0-based index)")
-    p.add_argument("--limit", type=_non_negative_int, default=500,
+    p.add_argument("--limit", type=_int_at_least(0), default=500,
                    help="score a seeded sample of this many examples per task; 0 = all (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
