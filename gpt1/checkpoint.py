@@ -10,8 +10,10 @@ checkpoint whole. Nothing is ever unpickled.
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -32,6 +34,7 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 TOKENIZER_DIR = "tokenizer"
 LATEST_FILE = "latest"
+CHECKPOINTS_DIR = "checkpoints"
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR)
 TOKENIZER_FILES = ("encoder_bpe_*.json", "vocab_*.bpe", "tokenizer.json")  # the release's two, and settings
 
@@ -46,12 +49,16 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Replace the file at `path` with `text` so that a kill leaves either the old file or the new one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make the file private
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make the file private
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: no half-written file left beside the whole one
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def make_run_folder(path: Path) -> Path:
@@ -133,6 +140,10 @@ class AtomicDirectory:
 
     def __enter__(self) -> Path:
         self.final.parent.mkdir(parents=True, exist_ok=True)
+        # What a kill (SIGKILL, power) left from an earlier write of the same folder: one writer per folder.
+        for stale in self.final.parent.glob(f".{glob.escape(self.final.name)}.*-*"):
+            if stale.is_dir() and re.fullmatch(r"(tmp-\w+|old-\d+)", stale.name[len(self.final.name) + 2:]):
+                shutil.rmtree(stale, ignore_errors=True)
         self.tmp = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}.tmp-"))
         os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make the finished folder private
         return self.tmp
@@ -210,7 +221,7 @@ def resolve_model_dir(path: Path) -> Path:
                         f"{WEIGHTS_FILE} (or a run folder)")
     if (path / LATEST_FILE).exists():
         name = (path / LATEST_FILE).read_text(encoding="utf-8").strip()
-        path = path / "checkpoints" / name
+        path = path / CHECKPOINTS_DIR / name
     return path
 
 

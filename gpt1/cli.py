@@ -9,10 +9,11 @@ import inspect
 import json
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import Interrupted, ReportedElsewhere, UserError
 
 
 def _read_lines(path: str | None) -> list[tuple[int, str]]:
@@ -81,7 +82,7 @@ def cmd_prepare(args) -> None:
     print(f"{args.out}: {stats.summary()}")
 
 
-def cmd_pretrain(args) -> None:
+def cmd_pretrain(args) -> int:
     from .pretrain import PretrainConfig, pretrain
 
     overrides = {f.name: getattr(args, f.name) for f in _scalar_fields() if getattr(args, f.name) is not None}
@@ -89,6 +90,7 @@ def cmd_pretrain(args) -> None:
     summary = pretrain(config, args.data, args.out, resume=args.resume, init_from=args.init_from, device=args.device)
     if summary["is_main"]:
         _print_pretrain_summary(summary)
+    return 128 + summary["stop_signal"] if summary["interrupted"] else 0  # a script must not go on as if finished
 
 
 def _print_pretrain_summary(summary: dict) -> None:
@@ -180,9 +182,9 @@ def _load_task(args):
                           test=args.test, columns=_columns(args))
 
 
-def cmd_finetune(args) -> None:
-    from .checkpoint import resolve_model_dir, tokenizer_dir_of
-    from .finetune import evaluate_other_splits, finetune
+def cmd_finetune(args) -> int:
+    from .checkpoint import resolve_model_dir, tokenizer_dir_of, write_json_atomic
+    from .finetune import RESULTS_FILE, evaluate_other_splits, finetune
     from .model import PRESETS, preset_config
     from .pretrain import pick_device
     from .tokenizer import load_tokenizer
@@ -192,6 +194,10 @@ def cmd_finetune(args) -> None:
     config = _finetune_config(args)
     pick_device(args.device)  # a wrong --device is named now, not after reading and encoding the data
     pretrained = resolve_model_dir(args.model) if args.model else None
+    if args.model:  # a folder that holds no model is named as such, not as one without a tokenizer
+        from .results import model_folder
+
+        model_folder(args.model)
     tokenizer_dir = args.tokenizer or (tokenizer_dir_of(args.model) if args.model else None)
     if tokenizer_dir is None:
         raise UserError("no tokenizer: pass --tokenizer DIR (the model folder holds no tokenizer/)")
@@ -208,11 +214,16 @@ def cmd_finetune(args) -> None:
         print(f"note: {note}", file=sys.stderr)
     results = finetune(task, tokenizer, tokenizer_dir, pretrained, Path(args.out), config, base_config=base,
                        device=args.device)
-    results["other_splits"] = evaluate_other_splits(task, tokenizer, Path(args.out))
-    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     shown = ", ".join(f"{k} {v:.4f}" for k, v in (results["dev"] or {}).items())
-    print(f"{task.name}: best epoch {results['best_epoch']}" + (f", dev {shown}" if shown else "")
-          + f"; model in {Path(args.out) / 'model'}")
+    summary = (f"best epoch {results['best_epoch']}" + (f", dev {shown}" if shown else "")
+               + f"; model in {Path(args.out) / 'model'}")
+    if results["interrupted"]:  # the other splits are left unscored: the user asked to stop
+        print(f"{task.name}: interrupted at update {results['history'][-1]['update']}; {summary}")
+        return 128 + results["stop_signal"]
+    results["other_splits"] = evaluate_other_splits(task, tokenizer, Path(args.out))
+    write_json_atomic(Path(args.out) / RESULTS_FILE, results)
+    print(f"{task.name}: {summary}")
+    return 0
 
 
 def _task_model_and_tokenizer(model_dir):
@@ -602,14 +613,26 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in TRAINING_COMMANDS:
         keep_freed_memory()
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        args.func(args)
+        return args.func(args) or 0
+    except ReportedElsewhere:
+        return 2
     except UserError as e:
         print(f"gpt1 {args.command}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `gpt1 encode ... | head`
         return 0
-    return 0
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM, outside the loops that stop cleanly on them
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"\ngpt1 {args.command}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
 
 
 if __name__ == "__main__":

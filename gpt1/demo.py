@@ -17,7 +17,7 @@ import random
 from pathlib import Path
 
 from .data import TokenData, prepare, read_documents, read_text, unigram_perplexity
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 DEMO_MERGES = 8000
 PROMPT = "the government said"
@@ -84,6 +84,9 @@ def run_demo(out: Path) -> dict:
     print("3/4 pre-training (recipe 'demo'; Ctrl-C saves a checkpoint, running again resumes)")
     config = PretrainConfig.from_recipe("demo")
     summary = pretrain(config, data_dir, run_dir, resume=(run_dir / "latest").exists())
+    if summary["interrupted"]:
+        print(f"   stopped at update {summary['updates']}, saved in {summary['checkpoint']}; running again resumes")
+        raise Interrupted(summary["stop_signal"])
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in records if "val_loss" in r]
     unigram = unigram_perplexity(TokenData(data_dir))

@@ -10,6 +10,18 @@ class UserError(Exception):
     """Bad input (a file, an option, a checkpoint) that the user can fix; the message names the file."""
 
 
+class ReportedElsewhere(UserError):
+    """Under torchrun: another process met a UserError and printed it; this one stops without repeating it."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM turned into the same unwinding as Ctrl-C, so that temporary files are removed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,)}
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "text", "bool": "true or false", "dict": "a table"}
 

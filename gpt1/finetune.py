@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -43,7 +44,9 @@ from .checkpoint import (
     load_weights_into,
     read_json,
     read_safetensors,
+    refuse_foreign,
     resolve_model_dir,
+    write_json_atomic,
 )
 from .errors import UserError, check_settings
 from .model import GPT, Dropout, GPTConfig
@@ -379,7 +382,7 @@ def finetune(
     """Fine-tune on task.splits["train"], pick the best epoch on task.splits["dev"] (by the task's first
     metric), save that model to out_dir with task.json and results.json, and return the results."""
     from .metrics import compute_metrics
-    from .pretrain import decoupled_adam, pick_device
+    from .pretrain import StopRequest, decoupled_adam, pick_device
 
     out_dir = Path(out_dir)
     if "train" not in task.splits or not task.splits["train"]:
@@ -413,45 +416,53 @@ def finetune(
     total = updates_per_epoch * config.epochs
 
     make_run_folder(out_dir)
+    _clear_earlier_results(out_dir)
     metrics_path = out_dir / "metrics.jsonl"
     metrics_path.write_text("", encoding="utf-8")
     rng = random.Random(config.seed)
     update, best, history, best_state = 0, None, [], None
     train_seconds = data_seconds = 0.0  # batches are padded from pre-encoded examples in the loop
     bar = tqdm(total=total, desc=f"finetune {task.name}", unit="upd", disable=not progress, dynamic_ncols=True)
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        order = list(range(len(train)))
-        rng.shuffle(order)
-        for start in range(0, len(order), config.batch_size):
-            batch = [train[i] for i in order[start : start + config.batch_size]]
-            lr = finetune_lr(update, total, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            t_update = time.perf_counter()
-            task_sum, lm_sum, data_time = accumulate_gradients(
-                model, length_groups(batch, micro, group_overhead_tokens(dev_)), config.lm_coef, dev_, autocast)
-            data_seconds += data_time
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            train_seconds += time.perf_counter() - t_update
-            update += 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{task_sum:.3f}", lm=f"{lm_sum:.3f}", lr=f"{lr:.2e}")
-            append_jsonl(metrics_path, {"update": update, "epoch": epoch, "task_loss": task_sum, "lm_loss": lm_sum,
-                                         "lr": lr})
-        record = {"epoch": epoch, "update": update}
-        if dev:
-            preds = logits_to_predictions(predict_logits(model, dev, autocast=autocast), task.kind)
-            record["dev"] = compute_metrics(task.metrics, preds, [e.label for e in dev])
-            tqdm.write(f"{task.name} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items()))
-        history.append(record)
-        append_jsonl(metrics_path, record)
-        score = record["dev"][task.metrics[0]] if dev else epoch
-        if best is None or score > best["score"]:
-            best = {"epoch": epoch, "score": score, "dev": record.get("dev")}
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    with StopRequest(then="scoring the model as it stands and saving the best so far") as stop:
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            order = list(range(len(train)))
+            rng.shuffle(order)
+            for start in range(0, len(order), config.batch_size):
+                batch = [train[i] for i in order[start : start + config.batch_size]]
+                lr = finetune_lr(update, total, config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                t_update = time.perf_counter()
+                task_sum, lm_sum, data_time = accumulate_gradients(
+                    model, length_groups(batch, micro, group_overhead_tokens(dev_)), config.lm_coef, dev_, autocast)
+                data_seconds += data_time
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                train_seconds += time.perf_counter() - t_update
+                update += 1
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{task_sum:.3f}", lm=f"{lm_sum:.3f}", lr=f"{lr:.2e}")
+                append_jsonl(metrics_path, {"update": update, "epoch": epoch, "task_loss": task_sum,
+                                            "lm_loss": lm_sum, "lr": lr})
+                if stop.requested:
+                    break
+            # An interrupted epoch is scored as it stands: it may be the best model so far.
+            record = {"epoch": epoch, "update": update, "partial": update < epoch * updates_per_epoch}
+            if dev:
+                preds = logits_to_predictions(predict_logits(model, dev, autocast=autocast), task.kind)
+                record["dev"] = compute_metrics(task.metrics, preds, [e.label for e in dev])
+                tqdm.write(f"{task.name} epoch {epoch}{' (part)' if record['partial'] else ''}: "
+                           + ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items()))
+            history.append(record)
+            append_jsonl(metrics_path, record)
+            score = record["dev"][task.metrics[0]] if dev else epoch
+            if best is None or score > best["score"]:
+                best = {"epoch": epoch, "score": score, "dev": record.get("dev")}
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if stop.requested:
+                break
     bar.close()
     model.load_state_dict(best_state)
     info = {"name": task.name, "kind": task.kind, "label_names": task.label_names, "metrics": task.metrics,
@@ -462,12 +473,28 @@ def finetune(
                "history": history, "truncated": truncated, "train_examples": len(train), "dev_examples": len(dev),
                "config": asdict(config), "pretrained": None if config.from_scratch else str(pretrained),
                "train_seconds": train_seconds, "data_wait": data_seconds / train_seconds if train_seconds else 0.0,
+               "interrupted": stop.requested, "stop_signal": stop.signum,
                "notes": list(getattr(task, "notes", []))}
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(out_dir / RESULTS_FILE, results)
     return results
 
 
+def _clear_earlier_results(out_dir: Path) -> None:
+    """A fine-tuning run into a folder that holds an earlier one replaces it whole from the start, so that the
+    folder never shows the earlier results beside the new run's metrics."""
+    earlier = [out_dir / RESULTS_FILE, out_dir / "model"]
+    if any(p.exists() for p in earlier):
+        refuse_foreign(out_dir / "model", (*MODEL_FILES, TASK_FILE))
+        print(f"note: replacing the earlier fine-tuning in {out_dir}", file=sys.stderr)
+        for path in earlier:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+
 TASK_FILE = "task.json"
+RESULTS_FILE = "results.json"
 
 
 def save_task_model(model: TaskModel, info: dict, tokenizer_dir: Path | None, directory: Path) -> None:

@@ -36,6 +36,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from tqdm import tqdm
 
 from .checkpoint import (
+    CHECKPOINTS_DIR,
     LATEST_FILE,
     append_jsonl,
     make_run_folder,
@@ -51,16 +52,18 @@ from .checkpoint import (
     whole_tensors,
     write_json_atomic,
     write_model_files,
+    write_text_atomic,
     WEIGHTS_FILE,
     load_config,
     resolve_model_dir,
 )
 from .data import TokenData, validation_starts, window_starts, windows
-from .errors import UserError, check_settings
+from .errors import ReportedElsewhere, UserError, check_settings
 from .model import GPT, GPTConfig, PRESETS
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 METRICS_FILE = "metrics.jsonl"
+REPLICAS_DIR = "replicas"
 RUN_CONFIG_FILE = "run.json"
 
 
@@ -192,12 +195,33 @@ class Distributed:
         dist.init_process_group(backend)
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
-    def all_mean(self, value: float) -> float:
+    def all_sum(self, values: list[float]) -> list[float]:
         if self.world_size == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64)
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
         dist.all_reduce(t)
-        return t.item() / self.world_size
+        return t.tolist()
+
+    def agree(self, action):
+        """`action()` on every process, its UserError raised on all of them: a process that failed alone would
+        leave the others waiting in their next collective. The lowest failing process reports the error; the
+        others stop with `ReportedElsewhere`, which the CLI does not print again."""
+        error, result = None, None
+        try:
+            result = action()
+        except UserError as e:
+            error = e
+        if self.world_size > 1:
+            messages: list[str | None] = [None] * self.world_size
+            dist.all_gather_object(messages, None if error is None else str(error))
+            failed = [rank for rank, message in enumerate(messages) if message is not None]
+            if failed and failed[0] != self.rank:
+                raise ReportedElsewhere(f"process {failed[0]}: {messages[failed[0]]}")
+            if error is not None and self.rank != 0:
+                raise UserError(f"process {self.rank}: {error}") from None
+        if error is not None:
+            raise error
+        return result
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -205,10 +229,13 @@ class Distributed:
 
 
 class StopRequest:
-    """First Ctrl-C or SIGTERM: finish the current update, save a checkpoint, exit. Second Ctrl-C: stop now."""
+    """First Ctrl-C or SIGTERM: finish the current update, then `then` (save, say) and exit. A second Ctrl-C
+    stops at once. `announce` is False on all processes but one under torchrun, which signals them all."""
 
-    def __init__(self):
+    def __init__(self, then: str = "saving a checkpoint", announce: bool = True):
         self.requested = False
+        self.signum: int | None = None
+        self.then, self.announce = then, announce
         self._previous = {}
 
     def __enter__(self):
@@ -219,8 +246,10 @@ class StopRequest:
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
-        print("\nstop requested: saving a checkpoint after this update (Ctrl-C again to abort)", file=sys.stderr)
+        self.requested, self.signum = True, self.signum or signum
+        if self.announce:
+            again = " (Ctrl-C again to abort)" if signum == signal.SIGINT else ""
+            print(f"\n{signal.Signals(signum).name}: {self.then} after this update{again}", file=sys.stderr)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -289,13 +318,42 @@ def pretrain(
     dev = pick_device(device)
     ddp = Distributed.setup(dev)
     try:
-        return _train(config, TokenData(data_dir), out_dir, resume, init_from, dev, ddp, progress, max_updates_this_run)
+        run = ddp.agree(lambda: _start_run(config, Path(data_dir), out_dir, resume, init_from, ddp))
+        if ddp.is_main:
+            _claim_run_folder(out_dir, run, config, ddp)
+        return _train(config, run, out_dir, dev, ddp, progress, max_updates_this_run)
     finally:
         if ddp.world_size > 1:
             dist.destroy_process_group()
 
 
-def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_updates_this_run) -> dict:
+# Settings a resumed run may change: how it is run and watched, and how long it goes on (a new length
+# re-stretches the cosine schedule from here). Any other change would make it a different run.
+CHANGEABLE_ON_RESUME = ("max_updates", "epochs", "dtype", "compile", "activation_checkpointing", "fsdp",
+                        "eval_every", "eval_windows", "checkpoint_every", "keep_checkpoints")
+
+
+@dataclass
+class RunStart:
+    """Everything a run starts from, read and checked on every process before any of them writes a file or
+    joins a collective."""
+
+    data: TokenData
+    model: GPT  # on the CPU, whole; the checkpoint's or --init-from's weights loaded
+    context: int
+    accumulation: int  # micro-batches per update on each process
+    total_updates: int
+    step: int = 0
+    tokens_seen: int = 0
+    checkpoint: Path | None = None  # the one resumed from
+    optimizer_tensors: dict | None = None  # its Adam moments, loaded once the model has its place
+    metrics_kept: list[str] | None = None  # the metrics.jsonl lines up to the checkpoint
+
+
+def _start_run(config, data_dir, out_dir, resume, init_from, ddp) -> RunStart:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: a file is in the way of this output folder; choose another --out")
+    data = TokenData(data_dir)
     model_config = config.model_config(data.vocab_size)
     context = config.context or model_config.n_positions
     if context > model_config.n_positions:
@@ -307,37 +365,94 @@ def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_upd
             f"tokens_per_update={config.tokens_per_update} is not a multiple of micro_batch x context x processes "
             f"= {config.micro_batch} x {context} x {ddp.world_size} = {per_micro}"
         )
-    accumulation = config.tokens_per_update // per_micro
     total_updates = config.max_updates or max(1, int(config.epochs * len(data.train) / config.tokens_per_update))
-
     torch.manual_seed(config.seed)
-    model = GPT(model_config)
-    step, tokens_seen, checkpoint = 0, 0, None
+    run = RunStart(data, GPT(model_config), context, config.tokens_per_update // per_micro, total_updates)
     latest = out_dir / LATEST_FILE
     if resume and latest.exists():
-        checkpoint = resolve_model_dir(out_dir)
-        step, tokens_seen = _load_weights(checkpoint, model)
-        if ddp.is_main:
-            print(f"resumed from {checkpoint} at update {step}", file=sys.stderr)
+        _check_same_run(out_dir, config, data, ddp)
+        run.checkpoint = resolve_model_dir(out_dir)
+        run.step, run.tokens_seen = _load_weights(run.checkpoint, run.model)
+        groups = read_json(run.checkpoint / STATE_FILE)["param_groups"]
+        run.optimizer_tensors = optimizer_from_tensors(read_safetensors(run.checkpoint / OPTIMIZER_FILE), groups)
     elif resume:
         raise UserError(f"{out_dir}: nothing to resume (no {LATEST_FILE} file)")
     elif latest.exists():
         raise UserError(f"{out_dir}: holds a run already; pass --resume to continue it or choose another --out")
     elif init_from is not None:
         src = resolve_model_dir(init_from)
-        load_weights_into(model, read_safetensors(src / WEIGHTS_FILE), src / WEIGHTS_FILE)
+        load_weights_into(run.model, read_safetensors(src / WEIGHTS_FILE), src / WEIGHTS_FILE)
+    run.metrics_kept = _metrics_up_to(out_dir / METRICS_FILE, run.step)
+    return run
+
+
+def _data_fingerprint(data: TokenData) -> dict:
+    return {"train_tokens": len(data.train), "val_tokens": len(data.val), "vocab_size": data.vocab_size}
+
+
+def _check_same_run(out_dir: Path, config: PretrainConfig, data: TokenData, ddp: Distributed) -> None:
+    """A UserError when --resume comes with settings or data that differ from those the run started with."""
+    path = out_dir / RUN_CONFIG_FILE
+    if not path.exists():
+        return
+    started = read_json(path)
+    before, now = started.get("pretrain", {}), asdict(config)
+    changed = [f"{name} {before[name]!r} -> {now[name]!r}" for name in now
+               if name in before and name not in CHANGEABLE_ON_RESUME and _json_value(now[name]) != before[name]]
+    if changed:
+        raise UserError(f"{path}: the run was started with other settings ({'; '.join(changed)}); resuming with "
+                        f"them would not continue it. Give the run's own settings, or start a new run in another --out")
+    fingerprint = started.get("data_fingerprint")
+    if fingerprint is not None and fingerprint != _data_fingerprint(data):
+        raise UserError(f"{path}: the run was trained on other data ({started.get('data')}: {fingerprint}); "
+                        f"{data.directory} holds {_data_fingerprint(data)}")
+    if ddp.is_main:
+        if started.get("world_size", ddp.world_size) != ddp.world_size:
+            print(f"note: the run went on {started['world_size']} process(es), now {ddp.world_size}: it continues from "
+                  "the checkpoint, but its windows and dropout masks are no longer those of an uninterrupted run",
+                  file=sys.stderr)
+        if before.get("max_updates", now["max_updates"]) != now["max_updates"] or \
+                before.get("epochs", now["epochs"]) != now["epochs"]:
+            print("note: a new length: the cosine schedule is stretched to the new last update from here on",
+                  file=sys.stderr)
+
+
+def _json_value(value):
+    return json.loads(json.dumps(value))  # tuples as the lists run.json holds
+
+
+def _claim_run_folder(out_dir: Path, run: RunStart, config: PretrainConfig, ddp: Distributed) -> None:
+    """The main process's writes before training: run.json, metrics.jsonl cut back to the checkpoint resumed
+    from, and nothing left from a future that the resumed run will write again."""
+    make_run_folder(out_dir)
+    write_json_atomic(out_dir / RUN_CONFIG_FILE, {
+        "pretrain": asdict(config), "model": run.model.config.to_dict(), "data": str(run.data.directory),
+        "data_fingerprint": _data_fingerprint(run.data), "world_size": ddp.world_size,
+    })
+    write_text_atomic(out_dir / METRICS_FILE, "".join(line + "\n" for line in run.metrics_kept))
+    shutil.rmtree(out_dir / REPLICAS_DIR, ignore_errors=True)  # this run writes them again, for its processes
+    if run.checkpoint is not None:
+        for path in sorted((out_dir / CHECKPOINTS_DIR).glob("step-*")):
+            if path.name > run.checkpoint.name:  # written after `latest` last moved, by a run that was then killed
+                print(f"note: removing {path}, newer than the checkpoint resumed from", file=sys.stderr)
+                shutil.rmtree(path)
+    if config.fsdp and ddp.world_size == 1:
+        print("note: --fsdp shards across processes started by torchrun; one process holds the whole model",
+              file=sys.stderr)
+
+
+def _train(config, run: RunStart, out_dir, dev, ddp, progress, max_updates_this_run) -> dict:
+    data, model, context, accumulation, total_updates = run.data, run.model, run.context, run.accumulation, run.total_updates
+    step, tokens_seen = run.step, run.tokens_seen
+    if run.checkpoint is not None and ddp.is_main:
+        print(f"resumed from {run.checkpoint} at update {step}", file=sys.stderr)
     model.to(dev)
     if config.fsdp and ddp.world_size > 1:
         shard_model(model, dev)
     optimizer = make_optimizer(model, config)
-    if checkpoint is not None:
-        _load_optimizer(checkpoint, optimizer)
+    if run.optimizer_tensors is not None:
+        _load_optimizer(run.optimizer_tensors, optimizer)
 
-    if ddp.is_main:
-        make_run_folder(out_dir)
-        write_json_atomic(out_dir / RUN_CONFIG_FILE, {"pretrain": asdict(config), "model": model_config.to_dict(),
-                                                      "data": str(data.directory), "world_size": ddp.world_size})
-        _truncate_metrics(out_dir / METRICS_FILE, step)
     model.activation_checkpointing = config.activation_checkpointing
     loss_module: nn.Module = LanguageModelLoss(model)
     if ddp.world_size > 1 and not config.fsdp:
@@ -349,7 +464,7 @@ def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_upd
 
     val_starts = validation_starts(len(data.val), context, config.eval_windows)
     window_digest = hashlib.sha256()
-    summary = {"start_update": step, "val": [], "is_main": ddp.is_main}
+    summary = {"start_update": step, "val": [], "is_main": ddp.is_main, "stop_signal": None}
     if step == 0:
         summary["val"].append(_evaluate_and_log(model, data, val_starts, context, autocast, ddp, out_dir, step, tokens_seen))
     last_update = total_updates if max_updates_this_run is None else min(total_updates, step + max_updates_this_run)
@@ -359,7 +474,7 @@ def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_upd
     tokens_this_run = 0
     # Batches are cut from the memory map inside the loop, so the time that takes is all the waiting for data.
     step_seconds = data_seconds = 0.0
-    with StopRequest() as stop:
+    with StopRequest(announce=ddp.is_main) as stop:
 
         while step < last_update:
             t0 = time.perf_counter()
@@ -385,7 +500,10 @@ def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_upd
             step += 1
             tokens_seen += config.tokens_per_update
             tokens_this_run += config.tokens_per_update
-            train_loss = ddp.all_mean(loss_sum / accumulation)
+            # One collective for the mean loss and for the stop: a signal that reached some processes only
+            # stops them all at the same update, so that none waits for the others in a collective.
+            loss_total, stop_votes = ddp.all_sum([loss_sum / accumulation, float(stop.requested)])
+            train_loss = loss_total / ddp.world_size
             losses.append(train_loss)
             seconds = time.perf_counter() - t0
             step_seconds += seconds
@@ -396,12 +514,13 @@ def _train(config, data, out_dir, resume, init_from, dev, ddp, progress, max_upd
                 append_jsonl(out_dir / METRICS_FILE, record)
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
-            stopping = stop.requested or step == last_update
+            stopping = stop_votes > 0 or step == last_update
             if step % config.eval_every == 0 or step == last_update:
                 summary["val"].append(_evaluate_and_log(model, data, val_starts, context, autocast, ddp, out_dir, step, tokens_seen))
             if step % config.checkpoint_every == 0 or stopping:
                 save_checkpoint(out_dir, model, optimizer, step, tokens_seen, data, ddp, config)
-            if stop.requested:
+            if stop_votes > 0:
+                summary["stop_signal"] = stop.signum or signal.SIGTERM  # or the signal reached another process
                 break
     bar.close()
     elapsed = time.perf_counter() - started
@@ -423,17 +542,19 @@ def evaluate(model: GPT, data: TokenData, starts: np.ndarray, context: int, auto
     mine = starts[ddp.rank :: ddp.world_size]
     dev = next(model.parameters()).device
     total, count = 0.0, 0
-    for i in range(0, len(mine), batch):
-        x, y = windows(data.val, mine[i : i + batch], context)
+    # The same number of forward passes on every process, a process short of windows repeating one without
+    # counting it: under FSDP each forward is a collective that all processes must join.
+    forwards = math.ceil(math.ceil(len(starts) / ddp.world_size) / batch)
+    for i in range(forwards):
+        chunk = mine[i * batch : (i + 1) * batch]
+        x, y = windows(data.val, chunk if len(chunk) else starts[:1], context)
         with autocast:
             loss = model.lm_loss(x.to(dev), y.to(dev))
-        total += loss.item() * y.numel()
-        count += y.numel()
+        if len(chunk):
+            total += loss.item() * y.numel()
+            count += y.numel()
     model.train(was_training)
-    if ddp.world_size > 1:
-        t = torch.tensor([total, count], dtype=torch.float64)
-        dist.all_reduce(t)
-        total, count = t.tolist()
+    total, count = ddp.all_sum([total, count])
     return total / count
 
 
@@ -452,7 +573,7 @@ def save_checkpoint(out_dir: Path, model: GPT, optimizer, step: int, tokens: int
     moments, groups = optimizer_to_tensors(optimizer, keep=ddp.is_main)
     if ddp.is_main:
         name = f"step-{step:08d}"
-        checkpoints = out_dir / "checkpoints"
+        checkpoints = out_dir / CHECKPOINTS_DIR
         with AtomicDirectory(checkpoints / name, (*MODEL_FILES, OPTIMIZER_FILE, STATE_FILE)) as tmp:
             write_model_files(tmp, model.config, weights, data.tokenizer_dir)
             save_file(moments, str(tmp / OPTIMIZER_FILE))
@@ -460,11 +581,10 @@ def save_checkpoint(out_dir: Path, model: GPT, optimizer, step: int, tokens: int
                 "update": step, "tokens": tokens, "param_groups": groups, "seed": config.seed,
                 "rng": "dropout and window seeds derive from (seed, update, micro-batch, rank); nothing else to store",
             })
-        tmp_latest = out_dir / f".{LATEST_FILE}.tmp"
-        tmp_latest.write_text(name + "\n", encoding="utf-8")
-        os.replace(tmp_latest, out_dir / LATEST_FILE)
-        old = sorted(p for p in checkpoints.glob("step-*") if p.is_dir())[: -config.keep_checkpoints]
-        for path in old:
+        write_text_atomic(out_dir / LATEST_FILE, name + "\n")
+        # Among this one and those before it: a later-named one (from a run resumed further back) is not newer.
+        kept = sorted(p for p in checkpoints.glob("step-*") if p.is_dir() and p.name <= name)
+        for path in kept[: -config.keep_checkpoints] if config.keep_checkpoints else []:
             shutil.rmtree(path, ignore_errors=True)
     ddp.barrier()
 
@@ -479,12 +599,10 @@ def _load_weights(ckpt: Path, model: GPT) -> tuple[int, int]:
     return int(state["update"]), int(state["tokens"])
 
 
-def _load_optimizer(ckpt: Path, optimizer) -> None:
-    """The checkpoint's Adam moments into an optimizer made on the model as it trains (moved, maybe sharded):
+def _load_optimizer(state: dict, optimizer) -> None:
+    """A checkpoint's Adam moments into an optimizer made on the model as it trains (moved, maybe sharded):
     `load_state_dict` moves each tensor to its parameter's device; under FSDP each is first cut into the same
     shards as its parameter."""
-    groups = read_json(ckpt / STATE_FILE)["param_groups"]
-    state = optimizer_from_tensors(read_safetensors(ckpt / OPTIMIZER_FILE), groups)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for index, slots in state["state"].items():
         param = params[index]
@@ -495,11 +613,11 @@ def _load_optimizer(ckpt: Path, optimizer) -> None:
     optimizer.load_state_dict(state)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop records written after the checkpoint, which the resumed run will write again, and a last
-    line that a kill cut short (it has no newline yet)."""
-    if not path.exists():
-        return
+def _metrics_up_to(path: Path, step: int) -> list[str]:
+    """The lines of metrics.jsonl that a run resumed at `step` keeps: not those written after the checkpoint,
+    which the resumed run writes again, nor a last line that a kill cut short (it has no newline yet)."""
+    if not path.exists() or step == 0:  # from update 0 everything is written again
+        return []
     lines = path.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]  # the piece after the last newline
     kept = []
     for number, line in enumerate(lines, 1):
@@ -507,11 +625,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
             update = json.loads(line)["update"] if line else None
         except (json.JSONDecodeError, KeyError, TypeError):
             raise UserError(f"{path}:{number}: not a metrics record; the file was changed by hand") from None
-        if update is not None and update <= step and step:  # from step 0 everything is written again
+        if update is not None and update <= step:
             kept.append(line)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    return kept
 
 
 def _record_replica(out_dir: Path, model: GPT, windows_sha: str, ddp: Distributed) -> None:
@@ -525,7 +641,7 @@ def _record_replica(out_dir: Path, model: GPT, windows_sha: str, ddp: Distribute
         h.update(name.encode())
         h.update(p.float().numpy().tobytes())
     held = sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in model.parameters())
-    replica_dir = out_dir / "replicas"
+    replica_dir = out_dir / REPLICAS_DIR
     replica_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(replica_dir / f"rank{ddp.rank}.json", {
         "rank": ddp.rank, "weights_sha256": h.hexdigest(), "windows_sha256": windows_sha,

@@ -37,6 +37,7 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import time
 from bisect import bisect_right
 from collections import Counter
@@ -396,7 +397,7 @@ class Tokenizer:
             ranges = ranges[1:]
             _WORKER_TOKENIZER, _WORKER_TEXTS = self, texts
             try:
-                with multiprocessing.get_context("fork").Pool(workers) as pool:
+                with _worker_pool(workers) as pool:
                     for (lo, hi), ids in zip(ranges, pool.imap(_encode_range, ranges)):
                         out.extend(ids)
                         advance(hi - lo, sum(sizes[lo:hi]))
@@ -517,6 +518,17 @@ def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
             out.append(symbols[i])
             i += 1
     return out
+
+
+def _worker_pool(workers: int):
+    """Forked workers that leave Ctrl-C and SIGTERM to the parent, which stops them on the way out: without
+    this, each worker of an interrupted run prints its own traceback."""
+    return multiprocessing.get_context("fork").Pool(workers, initializer=_leave_signals_to_parent)
+
+
+def _leave_signals_to_parent() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _chunk_ranges(sizes: Sequence[int], chunk_chars: int) -> list[tuple[int, int]]:
@@ -658,7 +670,7 @@ def train_tokenizer(
                 counts.update(part)
                 bar.update()
         else:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
+            with _worker_pool(workers) as pool:
                 for part in pool.imap_unordered(_count_range, ranges):
                     counts.update(part)
                     bar.update()

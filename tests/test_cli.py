@@ -3,7 +3,9 @@ with nothing half-written."""
 
 import gzip
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gpt1.checkpoint import save_model
-from gpt1.cli import build_parser, main
+from gpt1.cli import _raise_interrupted, build_parser, main
 from gpt1.model import GPT, GPTConfig
 from conftest import require_shared_data
 
@@ -218,6 +220,37 @@ def test_an_output_folder_holding_other_files_is_refused_and_left_alone(tmp_path
     assert (tmp_path / "hf").stat().st_mode & 0o777 == (tmp_path / "made").stat().st_mode & 0o777
     for written in (tmp_path / "hf").iterdir():  # and its files those of any new file, not mkstemp's 0600
         assert written.stat().st_mode & 0o777 == (tmp_path / "made" / "file").stat().st_mode & 0o777, written
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_writing_leaves_no_temporary_folder_and_one_line(tmp_path, capsys, monkeypatch, signum, code):
+    import importlib
+
+    converter = importlib.import_module("gpt1.convert")  # the package exports a function of the same name
+    save_model(GPT(GPTConfig(vocab_size=97, n_positions=16, n_embd=64, n_layer=1, n_head=1)), tmp_path / "m")
+    write_weights = converter.save_file
+
+    def interrupted_while_writing(*args, **kwargs):
+        write_weights(*args, **kwargs)
+        os.kill(os.getpid(), signum)  # Ctrl-C, or a scheduler's SIGTERM, half-way through the folder
+
+    monkeypatch.setattr(converter, "save_file", interrupted_while_writing)
+    got, _, err = run(capsys, "convert", "--from", "gpt1", "--to", "hf", tmp_path / "m", tmp_path / "hf")
+    assert got == code
+    one_line_error(err, f"gpt1 convert: interrupted ({signal.Signals(signum).name})")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert signal.getsignal(signal.SIGTERM) is not _raise_interrupted  # the caller's handler is back
+
+
+def test_what_a_kill_left_of_an_earlier_write_is_removed_by_the_next(tmp_path, capsys):
+    save_model(GPT(GPTConfig(vocab_size=97, n_positions=16, n_embd=64, n_layer=1, n_head=1)), tmp_path / "m")
+    for left in (".hf.tmp-k9_x2", ".hf.old-4242"):  # as `AtomicDirectory` names them
+        (tmp_path / left).mkdir()
+        (tmp_path / left / "model.safetensors").write_bytes(b"half")
+    (tmp_path / ".hf.notes").write_text("a user's own file")
+    code, _, err = run(capsys, "convert", "--from", "gpt1", "--to", "hf", tmp_path / "m", tmp_path / "hf")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hf.notes", "hf", "m"]
 
 
 @pytest.mark.parametrize("break_model, message", [

@@ -34,3 +34,27 @@ def test_main_job_pretrains_shows_perplexity_falling_and_fine_tunes_twice(tmp_pa
     out = capsys.readouterr().out
     assert "pre-trained" in out and "from scratch" in out
     assert json.loads((tmp_path / "demo" / "summary.json").read_text())["finetune_accuracy"] == scores
+
+
+def test_an_interrupted_pretraining_ends_the_demo_with_the_signals_code(tmp_path, capsys, monkeypatch):
+    import gpt1.finetune
+    import gpt1.pretrain
+    from conftest import write_token_data
+    from gpt1.cli import main
+
+    (tmp_path / "demo" / "tokenizer").mkdir(parents=True)
+    (tmp_path / "demo" / "tokenizer" / "tokenizer.json").write_text("{}")  # steps 1 and 2 done before
+    write_token_data(tmp_path / "demo" / "data")
+    checkpoint = str(tmp_path / "demo" / "run" / "checkpoints" / "step-00000042")
+    monkeypatch.setattr(gpt1.pretrain, "pretrain", lambda *a, **kw: {
+        "interrupted": True, "updates": 42, "checkpoint": checkpoint, "stop_signal": 2})  # Ctrl-C at update 42
+
+    def must_not_run(*a, **kw):
+        raise AssertionError("fine-tuning started after the user stopped the demo")
+
+    monkeypatch.setattr(gpt1.finetune, "finetune", must_not_run)
+    code = main(["demo", "--out", str(tmp_path / "demo")])
+    out, err = capsys.readouterr()
+    assert code == 130
+    assert f"stopped at update 42, saved in {checkpoint}; running again resumes" in out
+    assert err.strip() == "gpt1 demo: interrupted (SIGINT)"

@@ -439,3 +439,46 @@ def test_layer_transfer_fine_tunes_once_per_k_and_plots_dev_score_against_k(toke
     assert "sst2 dev accuracy: k=0 " in capsys.readouterr().out
     assert main(args[:-6] + ["--layers", "3"]) == 2 and "the model has 2 blocks" in capsys.readouterr().err
     assert main(args[:-6] + ["--layers", "0,two"]) == 2 and "comma-separated block counts" in capsys.readouterr().err
+
+
+def test_an_interrupted_finetune_keeps_the_best_so_far_and_replaces_the_earlier_run(tokenizer, pretrained, tmp_path,
+                                                                                     capsys, monkeypatch):
+    import os
+    import signal
+
+    import gpt1.finetune
+    from gpt1.checkpoint import copy_tokenizer
+    from gpt1.cli import main
+
+    copy_tokenizer(require_shared_data("gpt1_vocab"), pretrained / "tokenizer")
+    for name, n in (("train", 48), ("dev", 8)):
+        rows = [f"the film was {['awful', 'superb'][i % 2]},{['bad', 'good'][i % 2]}" for i in range(n)]
+        (tmp_path / f"{name}.csv").write_text("review,sentiment\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    args = ["finetune", "--model", str(pretrained), "--out", str(tmp_path / "ft"), "--task", "classification",
+            "--train", str(tmp_path / "train.csv"), "--dev", str(tmp_path / "dev.csv"), "--text", "review",
+            "--label", "sentiment", "--batch-size", "16", "--lm-coef", "0"]
+    assert main([*args, "--epochs", "1"]) == 0  # an earlier, finished run in the same folder
+    capsys.readouterr()
+
+    calls = []
+    train_step = gpt1.finetune.accumulate_gradients
+
+    def ctrl_c_in_the_fourth_update(*a, **kw):
+        calls.append(1)
+        if len(calls) == 4:  # the first update of epoch 2 (3 updates of 16 per epoch)
+            os.kill(os.getpid(), signal.SIGINT)
+        return train_step(*a, **kw)
+
+    monkeypatch.setattr(gpt1.finetune, "accumulate_gradients", ctrl_c_in_the_fourth_update)
+    code = main([*args, "--epochs", "3"])
+    out, err = capsys.readouterr()
+    assert code == 130, err
+    assert "replacing the earlier fine-tuning" in err and "interrupted at update 4" in out
+    results = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert results["interrupted"] and [r["update"] for r in results["history"]] == [3, 4]
+    assert results["history"][-1]["partial"] and not results["history"][0]["partial"]
+    assert results["config"]["epochs"] == 3 and "other_splits" not in results
+    records = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in records if "lr" in r] == [1, 2, 3, 4]  # this run's only
+    model, info = load_task_model(tmp_path / "ft")  # the best of the epochs scored, saved whole
+    assert info["label_names"] == ["bad", "good"]

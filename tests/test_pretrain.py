@@ -1,5 +1,6 @@
 """Pre-training: schedule, optimizer groups, resume that repeats an uninterrupted run, atomic checkpoints, DDP."""
 
+import contextlib
 import json
 import math
 import os
@@ -7,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ import torch
 
 from conftest import write_token_data
 from gpt1.checkpoint import load_model
-from gpt1.data import TokenData, unigram_perplexity
+from gpt1.data import TokenData, unigram_perplexity, validation_starts, windows
 from gpt1.errors import UserError
 from gpt1.model import GPT, GPTConfig
 from gpt1.pretrain import PretrainConfig, lr_at, make_optimizer, pick_device, pretrain
@@ -189,8 +191,41 @@ def test_refuses_to_overwrite_a_run_without_resume(token_data, tmp_path):
 def test_resuming_with_another_model_shape_is_refused(token_data, tmp_path):
     pretrain(PretrainConfig.from_dict({**TINY, "max_updates": 3}), token_data, tmp_path / "run", progress=False)
     other = PretrainConfig.from_dict({**TINY, "model": {"n_embd": 32}})
+    with pytest.raises(UserError, match=r"run.json: the run was started with other settings \(model \{\} -> "):
+        pretrain(other, token_data, tmp_path / "run", resume=True, progress=False)
+    (tmp_path / "run" / "run.json").unlink()  # the checkpoint's own config.json still tells
     with pytest.raises(UserError, match="differs from the recipe"):
         pretrain(other, token_data, tmp_path / "run", resume=True, progress=False)
+
+
+def test_resume_refuses_settings_or_data_that_make_another_run_and_takes_a_new_length(token_data, tmp_path):
+    pretrain(PretrainConfig.from_dict({**TINY, "max_updates": 3}), token_data, tmp_path / "run", progress=False)
+    run_json = (tmp_path / "run" / "run.json").read_text()
+    for change, named in (({"seed": 7}, "seed 1234 -> 7"), ({"lr": 1e-3}, "lr 0.003 -> 0.001"),
+                          ({"tokens_per_update": 512}, "tokens_per_update 256 -> 512")):
+        with pytest.raises(UserError, match=f"other settings \\({named}\\)"):
+            pretrain(PretrainConfig.from_dict({**TINY, **change}), token_data, tmp_path / "run", resume=True,
+                     progress=False)
+    assert (tmp_path / "run" / "run.json").read_text() == run_json  # a refused resume leaves the run as it was
+    other_data = write_token_data(tmp_path / "other-data", n_train=15000)
+    with pytest.raises(UserError, match=r"run.json: the run was trained on other data"):
+        pretrain(PretrainConfig.from_dict(TINY), other_data, tmp_path / "run", resume=True, progress=False)
+    longer = PretrainConfig.from_dict({**TINY, "max_updates": 5, "eval_every": 5, "keep_checkpoints": 0})
+    summary = pretrain(longer, token_data, tmp_path / "run", resume=True, progress=False)
+    assert (summary["start_update"], summary["updates"]) == (3, 5)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["pretrain"]["max_updates"] == 5
+
+
+def test_resuming_behind_a_newer_checkpoint_removes_it_and_pruning_keeps_the_one_just_written(token_data, tmp_path):
+    config = PretrainConfig.from_dict({**TINY, "max_updates": 8, "keep_checkpoints": 0})
+    pretrain(config, token_data, tmp_path / "run", progress=False, max_updates_this_run=6)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    (tmp_path / "run" / "latest").write_text("step-00000003\n")  # as if killed before `latest` moved to 6
+    keep_one = PretrainConfig.from_dict({**TINY, "max_updates": 8, "keep_checkpoints": 1})
+    pretrain(keep_one, token_data, tmp_path / "run", resume=True, progress=False, max_updates_this_run=1)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000004"]
+    assert (tmp_path / "run" / "latest").read_text().strip() == "step-00000004"
+    assert max(losses(tmp_path / "run")) == 4  # the records of updates 5 and 6 went with their checkpoint
 
 
 def test_unigram_perplexity_is_that_of_add_one_smoothed_training_frequencies(tmp_path):
@@ -229,21 +264,49 @@ def test_recipes_parse_and_their_batch_arithmetic_holds():
     assert (paper.tokens_per_update, paper.context, paper.lr, paper.warmup_updates) == (64 * 512, 512, 2.5e-4, 2000)
 
 
-def torchrun(data: Path, out: Path, settings: dict, *flags: str) -> None:
+def start_torchrun(data: Path, out: Path, settings: dict, *flags: str) -> subprocess.Popen:
     """`gpt1 pretrain` on 2 CPU processes under torchrun, with a recipe file of `settings`."""
     recipe = out.parent / f"{out.name}.toml"
     recipe.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items()) + "\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt1.cli",
            "pretrain", "--data", str(data), "--out", str(out), "--recipe", str(recipe), *flags]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`: torchrun's workers, each in a session of its own."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
     try:
-        _, stderr = proc.communicate(timeout=300)
+        _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the workers too, not only the launcher
+        for pid in [*children(proc.pid), proc.pid]:  # the workers too: killing the launcher leaves them running
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate()
         raise
-    assert proc.returncode == 0, stderr[-3000:]
+    return proc.returncode, stderr
+
+
+def torchrun(data: Path, out: Path, settings: dict, *flags: str) -> None:
+    returncode, stderr = finish(start_torchrun(data, out, settings, *flags))
+    assert returncode == 0, stderr[-3000:]
+
+
+def validation(run: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["update"]: r["val_loss"] for r in records if "val_loss" in r}
 
 
 def replicas(run: Path) -> list[dict]:
@@ -251,8 +314,9 @@ def replicas(run: Path) -> list[dict]:
 
 
 # 2 processes x 4 windows x 32 tokens = 256 tokens per micro-step: 2 micro-batches per update. The gradient's
-# norm is 0.7-0.85 in these updates: clipping at 0.5 acts on every one.
-TWO_PROCESSES = {**TINY, "tokens_per_update": 512, "max_updates": 4, "grad_clip": 0.5}
+# norm is 0.7-0.85 in these updates: clipping at 0.5 acts on every one. 17 validation windows: one process
+# gets 9 (two batches), the other 8 (one).
+TWO_PROCESSES = {**TINY, "tokens_per_update": 512, "max_updates": 4, "grad_clip": 0.5, "eval_windows": 17}
 
 
 @pytest.fixture(scope="module")
@@ -288,6 +352,16 @@ def test_fsdp_shards_the_model_and_trains_as_ddp_does(distributed_runs):
     assert ddp_losses.keys() == fsdp_losses.keys() == {1, 2, 3, 4}
     for update in ddp_losses:  # reduce-scatter and all-reduce may round differently
         assert fsdp_losses[update] == pytest.approx(ddp_losses[update], rel=1e-5), update
+    # Validation of the same initial weights on 17 windows split 9/8: the same on both, and on one process.
+    val_ddp, val_fsdp = (validation(root / name)[0] for name in ("ddp", "fsdp"))
+    data = TokenData(root / "data")
+    starts = validation_starts(len(data.val), 32, 17)
+    x, y = windows(data.val, starts, 32)
+    config = PretrainConfig.from_dict(TWO_PROCESSES)
+    torch.manual_seed(config.seed)  # the initial weights of both runs
+    with torch.no_grad():
+        one_process = GPT(config.model_config(64)).eval().lm_loss(x, y).item()
+    assert val_ddp == pytest.approx(one_process, rel=1e-5) and val_fsdp == pytest.approx(one_process, rel=1e-5)
     a, b = load_model(root / "ddp").state_dict(), load_model(root / "fsdp").state_dict()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
@@ -307,6 +381,39 @@ def test_an_fsdp_run_resumes_from_its_checkpoint_loss_for_loss(distributed_runs,
     # The checkpoint holds whole tensors: one process without FSDP takes the run on from it too.
     summary = pretrain(PretrainConfig.from_dict(TWO_PROCESSES), data, one_process, resume=True, progress=False)
     assert summary["start_update"] == 3 and summary["updates"] == 4
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_update_with_a_checkpoint(tmp_path):
+    data = write_token_data(tmp_path / "data")
+    run = tmp_path / "run"
+    proc = start_torchrun(data, run, {**TWO_PROCESSES, "max_updates": 100000, "eval_every": 100000,
+                                      "checkpoint_every": 100000})
+    try:
+        for _ in range(600):  # until both processes train
+            if (run / "metrics.jsonl").exists() and len(losses(run)) >= 3:
+                break
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.1)
+        workers = children(proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[-1], signal.SIGTERM)  # a scheduler's signal that reached one process first
+    finally:
+        returncode, stderr = finish(proc, timeout=120)
+    assert returncode != 0  # the run did not finish: a script must not take it for done
+    stopped_at = max(losses(run))
+    assert (run / "latest").read_text().strip() == f"step-{stopped_at:08d}"
+    ranks = replicas(run)
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert stderr.count("SIGTERM: saving a checkpoint after this update") <= 1
+
+
+def test_an_error_every_process_meets_is_printed_once_without_collective_tracebacks(tmp_path):
+    data = write_token_data(tmp_path / "data")
+    (tmp_path / "taken").write_text("a file where the run folder should go")
+    returncode, stderr = finish(start_torchrun(data, tmp_path / "taken", TWO_PROCESSES))
+    assert returncode != 0
+    assert stderr.count("a file is in the way of this output folder") == 1, stderr[-3000:]
+    assert "gloo" not in stderr.lower() and "connection" not in stderr.lower(), stderr[-3000:]
 
 
 @pytest.mark.slow
