@@ -329,8 +329,8 @@ def pretrain(
 
 # Settings a resumed run may change: how it is run and watched, and how long it goes on (a new length
 # re-stretches the cosine schedule from here). Any other change would make it a different run.
-CHANGEABLE_ON_RESUME = ("max_updates", "epochs", "dtype", "compile", "activation_checkpointing", "fsdp",
-                        "eval_every", "eval_windows", "checkpoint_every", "keep_checkpoints")
+CHANGEABLE_ON_RESUME = ("max_updates", "epochs", "micro_batch", "dtype", "compile", "activation_checkpointing",
+                        "fsdp", "eval_every", "eval_windows", "checkpoint_every", "keep_checkpoints")
 
 
 @dataclass
@@ -407,10 +407,11 @@ def _check_same_run(out_dir: Path, config: PretrainConfig, data: TokenData, ddp:
         raise UserError(f"{path}: the run was trained on other data ({started.get('data')}: {fingerprint}); "
                         f"{data.directory} holds {_data_fingerprint(data)}")
     if ddp.is_main:
-        if started.get("world_size", ddp.world_size) != ddp.world_size:
-            print(f"note: the run went on {started['world_size']} process(es), now {ddp.world_size}: it continues from "
-                  "the checkpoint, but its windows and dropout masks are no longer those of an uninterrupted run",
-                  file=sys.stderr)
+        was = (started.get("world_size", ddp.world_size), before.get("micro_batch", config.micro_batch))
+        if was != (ddp.world_size, config.micro_batch):
+            print(f"note: the run went on {was[0]} process(es) x micro-batches of {was[1]}, now {ddp.world_size} x "
+                  f"{config.micro_batch}: it continues from the checkpoint, but its windows and dropout masks are no "
+                  "longer those of an uninterrupted run", file=sys.stderr)
         if before.get("max_updates", now["max_updates"]) != now["max_updates"] or \
                 before.get("epochs", now["epochs"]) != now["epochs"]:
             print("note: a new length: the cosine schedule is stretched to the new last update from here on",

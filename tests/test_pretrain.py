@@ -198,7 +198,7 @@ def test_resuming_with_another_model_shape_is_refused(token_data, tmp_path):
         pretrain(other, token_data, tmp_path / "run", resume=True, progress=False)
 
 
-def test_resume_refuses_settings_or_data_that_make_another_run_and_takes_a_new_length(token_data, tmp_path):
+def test_resume_refuses_settings_or_data_that_make_another_run_and_takes_a_new_length(token_data, tmp_path, capsys):
     pretrain(PretrainConfig.from_dict({**TINY, "max_updates": 3}), token_data, tmp_path / "run", progress=False)
     run_json = (tmp_path / "run" / "run.json").read_text()
     for change, named in (({"seed": 7}, "seed 1234 -> 7"), ({"lr": 1e-3}, "lr 0.003 -> 0.001"),
@@ -210,9 +210,13 @@ def test_resume_refuses_settings_or_data_that_make_another_run_and_takes_a_new_l
     other_data = write_token_data(tmp_path / "other-data", n_train=15000)
     with pytest.raises(UserError, match=r"run.json: the run was trained on other data"):
         pretrain(PretrainConfig.from_dict(TINY), other_data, tmp_path / "run", resume=True, progress=False)
-    longer = PretrainConfig.from_dict({**TINY, "max_updates": 5, "eval_every": 5, "keep_checkpoints": 0})
+    capsys.readouterr()
+    longer = PretrainConfig.from_dict({**TINY, "max_updates": 5, "eval_every": 5, "keep_checkpoints": 0,
+                                       "micro_batch": 2})
     summary = pretrain(longer, token_data, tmp_path / "run", resume=True, progress=False)
     assert (summary["start_update"], summary["updates"]) == (3, 5)
+    err = capsys.readouterr().err
+    assert "the cosine schedule is stretched" in err and "micro-batches of 4, now 1 x 2" in err
     assert json.loads((tmp_path / "run" / "run.json").read_text())["pretrain"]["max_updates"] == 5
 
 
