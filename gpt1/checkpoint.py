@@ -9,7 +9,6 @@ checkpoint whole. Nothing is ever unpickled.
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import os
@@ -45,20 +44,24 @@ def _umask() -> int:
     return umask
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace the file at `path` with `text` so that a kill leaves either the old file or the new one."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace the file at `path` with `data` so that a kill leaves either the old file or the new one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make the file private
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:  # a full disk, Ctrl-C: no half-written file left beside the whole one
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def make_run_folder(path: Path) -> Path:
@@ -90,16 +93,6 @@ def append_jsonl(path: Path, record: dict) -> None:
     """One JSON object per line: a metrics log that a crash can cut only after a complete line."""
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
-
-
-def write_csv(path: Path, rows: list[dict], first: tuple[str, ...] = ()) -> None:
-    """Every field of every row as one CSV file: the `first` columns, then the others by name."""
-    present = {key for row in rows for key in row}
-    fields = [k for k in first if k in present] + sorted(present - set(first))
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def read_json(path: Path) -> dict:

@@ -235,6 +235,25 @@ def _task_model_and_tokenizer(model_dir):
     return model, info, load_tokenizer(required_tokenizer_dir(task_model_dir(model_dir)))
 
 
+def _check_model_fits(model_dir, info: dict, task) -> None:
+    """A UserError naming both when the fine-tuned model's task.json (kind, outputs, class names) does not fit
+    the benchmark's: its class indices would mean other classes, or its head has another number of outputs."""
+    n_outputs = 1 if task.kind == "regression" else len(task.label_names or [])
+    fits = info["kind"] == task.kind and (task.kind == "multiple-choice" or (
+        info["n_outputs"] == n_outputs and (task.label_names is None or info["label_names"] == task.label_names)))
+    trained = info.get("name") or "its task"
+    if not fits:
+        def described(kind, n, names):
+            classes = f" {', '.join(map(str, names))}" if names and kind != "multiple-choice" else ""
+            return f"{kind}, {n} output{'s' if n != 1 else ''}{classes}"
+
+        model = described(info["kind"], info["n_outputs"], info["label_names"])
+        raise UserError(f"{model_dir}: fine-tuned on {trained} ({model}), which does not fit --benchmark {task.name} "
+                        f"({described(task.kind, n_outputs, task.label_names)}); evaluate a model fine-tuned on it")
+    if info.get("name") not in (None, task.name):
+        print(f"note: {model_dir} was fine-tuned on {trained}; scoring it on {task.name}", file=sys.stderr)
+
+
 def cmd_evaluate(args) -> None:
     from .checkpoint import check_output_file
     from .datasets import load_benchmark, load_user_data
@@ -245,10 +264,16 @@ def cmd_evaluate(args) -> None:
     model, info, tokenizer = _task_model_and_tokenizer(args.model)
     if args.benchmark:
         task = load_benchmark(args.benchmark, args.data)
+        _check_model_fits(args.model, info, task)
         split = args.split or "dev"
         if split not in task.splits:
             raise UserError(f"{args.data}: no {split!r} split (found {', '.join(task.splits)})")
         examples, metrics = task.splits[split], task.metrics
+        unlabelled = sum(example.label is None for example in examples)
+        if unlabelled:
+            raise UserError(f"--split {split}: {unlabelled} of the {len(examples)} examples of {args.data} have no "
+                            f"labels (GLUE's test labels are not public), so there is nothing to score; "
+                            f"`gpt1 predict --model {args.model} FILE` labels a file of inputs")
     else:
         if args.split:
             raise UserError(f"--split {args.split}: only for --benchmark; {args.data} is scored whole")
@@ -259,7 +284,9 @@ def cmd_evaluate(args) -> None:
     report = {"data": str(args.data), "examples": len(examples), "truncated": cut, **scores}
     print(json.dumps(report, indent=2))
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        from .checkpoint import write_json_atomic
+
+        write_json_atomic(Path(args.out), report)
 
 
 def cmd_predict(args) -> None:
@@ -334,30 +361,46 @@ def cmd_glue_score(args) -> None:
         Path(args.out).write_text(json.dumps({"glue_score": score, "tasks": results, "missing": missing}, indent=2) + "\n")
 
 
-def cmd_ablation(args) -> None:
-    from .ablation import run_ablation
+def _names(option: str, text: str, allowed) -> list[str]:
+    """The comma-separated names of an option, each one of `allowed` (a one-line error naming a bad one)."""
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not names:
+        problem = f"unknown {', '.join(map(repr, unknown))}" if unknown else "names nothing"
+        raise UserError(f"{option} {text!r}: {problem} (choose from {', '.join(allowed)})")
+    return names
 
-    run_ablation(args.model, args.data, args.out, args.tasks.split(","), args.settings.split(","),
-                 _finetune_config(args))
+
+_REUSE_HELP = ("; a rerun with the same model and settings reuses the finished runs (an interrupted analysis "
+               "continues), and an --out holding runs of another model or other settings is refused: choose another "
+               "--out")
+
+
+def cmd_ablation(args) -> None:
+    from .ablation import SETTINGS, TASK_PLANS, run_ablation
+
+    run_ablation(args.model, args.data, args.out, _names("--tasks", args.tasks, TASK_PLANS),
+                 _names("--settings", args.settings, SETTINGS), _finetune_config(args))
     print(f"table: {args.out / 'ablation.md'}; every field: {args.out / 'ablation.csv'}")
 
 
 def cmd_layer_transfer(args) -> None:
-    from .ablation import run_layer_transfer
+    from .ablation import TASK_PLANS, run_layer_transfer
 
     try:
         layers = [int(k) for k in args.layers.split(",")] if args.layers else None
     except ValueError:
         raise UserError(f"--layers {args.layers!r}: expected comma-separated block counts, e.g. 0,6,12") from None
-    run_layer_transfer(args.model, args.data, args.out, args.tasks.split(","), layers, _finetune_config(args))
+    run_layer_transfer(args.model, args.data, args.out, _names("--tasks", args.tasks, TASK_PLANS), layers,
+                       _finetune_config(args))
     print(f"plot: {args.out / 'layer_transfer.png'}; every field: {args.out / 'layer_transfer.csv'}")
 
 
 def cmd_zero_shot(args) -> None:
-    from .zeroshot import run_zero_shot
+    from .zeroshot import HEURISTICS, run_zero_shot
 
-    run_zero_shot(args.models, args.tasks.split(","), args.out, data_root=args.data, winograd=args.winograd,
-                  limit=args.limit, seed=args.seed, device=args.device)
+    run_zero_shot(args.models, _names("--tasks", args.tasks, HEURISTICS), args.out, data_root=args.data,
+                  winograd=args.winograd, limit=args.limit, seed=args.seed, device=args.device)
     print(f"plot: {args.out / 'zeroshot.png'}; every field: {args.out / 'zeroshot.csv'}")
 
 
@@ -413,7 +456,11 @@ def _finetune_config(args):
 
 
 def _add_task_arguments(p, with_task: bool) -> None:
-    g = p.add_argument_group("data", "a benchmark (--benchmark NAME --data PATH) or your own CSV/TSV/JSONL files")
+    if with_task:
+        g = p.add_argument_group("data", "a benchmark (--benchmark NAME --data PATH) or your own CSV/TSV/JSONL files")
+    else:
+        g = p.add_argument_group("columns", "the columns of your own CSV/TSV/JSONL file (default: those the model "
+                                            "was fine-tuned from)")
     if with_task:
         from .datasets import BENCHMARKS, TASK_KINDS
 
@@ -526,9 +573,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "and the auxiliary LM loss")
     p.add_argument("--model", required=True, type=Path, help="pre-trained model, checkpoint or run folder")
     p.add_argument("--data", required=True, type=Path, help="folder holding glue/, race/ and story_cloze/")
-    p.add_argument("--out", required=True, type=Path, help="runs, ablation.csv and ablation.md")
-    p.add_argument("--tasks", default=",".join(TASK_PLANS), help="comma-separated (default: all)")
-    p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated (default: all)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="runs, ablation.csv, ablation.md and ablation.png" + _REUSE_HELP)
+    p.add_argument("--tasks", default=",".join(TASK_PLANS),
+                   help="comma-separated, of: " + ", ".join(TASK_PLANS) + " (default: all)")
+    p.add_argument("--settings", default=",".join(SETTINGS),
+                   help="comma-separated, of: " + ", ".join(SETTINGS) + " (default: all)")
     _add_finetune_settings(p, only=("lr", "batch_size", "micro_batch", "epochs", "warmup_fraction", "dtype", "seed"))
     p.set_defaults(func=cmd_ablation)
 
@@ -536,7 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "embeddings and the first k pre-trained blocks, for each k")
     p.add_argument("--model", required=True, type=Path, help="pre-trained model, checkpoint or run folder")
     p.add_argument("--data", required=True, type=Path, help="folder holding glue/, race/ and story_cloze/")
-    p.add_argument("--out", required=True, type=Path, help="runs, layer_transfer.csv and layer_transfer.png")
+    p.add_argument("--out", required=True, type=Path,
+                   help="runs, layer_transfer.csv and layer_transfer.png" + _REUSE_HELP)
     p.add_argument("--tasks", default="race,rte",
                    help="comma-separated, of: " + ", ".join(TASK_PLANS) + " (default %(default)s; the paper's "
                         "MNLI has no training set in the project's data, RTE is the entailment task that has one)")
@@ -551,7 +602,10 @@ def build_parser() -> argparse.ArgumentParser:
                                          "of pre-training runs")
     p.add_argument("models", nargs="+", type=Path,
                    help="pre-training run folders (every checkpoint is scored) or model/checkpoint folders")
-    p.add_argument("--out", required=True, type=Path, help="zeroshot.jsonl, zeroshot.csv and zeroshot.png")
+    p.add_argument("--out", required=True, type=Path,
+                   help="zeroshot.jsonl, zeroshot.csv and zeroshot.png; a rerun scores only the (model, task) pairs "
+                        "not there yet (models by absolute path), and refuses an --out whose rows of a task were "
+                        "scored with another --limit, --seed or data: choose another --out")
     p.add_argument("--data", type=Path, help="folder holding glue/ and race/ (for cola, sst2, race)")
     p.add_argument("--tasks", default="cola,sst2,race",
                    help="comma-separated, of: " + ", ".join(HEURISTICS) + " (default %(default)s)")
@@ -560,15 +614,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "written as one _), `choices` (list of candidates) and `label` (0-based index)")
     p.add_argument("--limit", type=_int_at_least(0), default=500,
                    help="score a seeded sample of this many examples per task; 0 = all (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0,
+                   help="of the --limit sample (and of cola's threshold sample) (default %(default)s)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.set_defaults(func=cmd_zero_shot)
+
+    from .datasets import BENCHMARKS
 
     p = sub.add_parser("evaluate", help="score a fine-tuned model on a labelled file or a benchmark split")
     p.add_argument("--model", required=True, type=Path, help="folder written by `gpt1 finetune`")
     p.add_argument("--data", required=True, type=Path, help="labelled CSV/TSV/JSONL, or a benchmark folder")
-    p.add_argument("--benchmark", help="read --data as this benchmark")
-    p.add_argument("--split", help="benchmark split (default dev); your own file is one split already")
+    p.add_argument("--benchmark", choices=sorted(BENCHMARKS), metavar="NAME",
+                   help="read --data as this benchmark, one of: " + ", ".join(sorted(BENCHMARKS))
+                        + "; the model must have been fine-tuned on a task of its kind and classes")
+    p.add_argument("--split", help="labelled benchmark split (default dev); your own file is one split already")
     p.add_argument("--out", help="also write the scores to this JSON file")
     _add_task_arguments(p, with_task=False)
     p.set_defaults(func=cmd_evaluate)

@@ -37,13 +37,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import (
-    STATE_FILE, load_model, read_json, required_tokenizer_dir, resolve_model_dir, write_csv, write_text_atomic,
+    STATE_FILE, load_model, make_run_folder, read_json, required_tokenizer_dir, write_text_atomic,
 )
 from .datasets import Example, UserColumns, load_benchmark, load_user_data
 from .errors import UserError
 from .metrics import accuracy, mcc
 from .model import GPT, linear
-from .plots import line_plot
+from .plots import lines_and_bars_figure, save_figure
+from .results import model_folder, settings_difference, write_csv_atomic
 from .tokenizer import load_tokenizer
 
 
@@ -224,24 +225,45 @@ def evaluate_heuristic(model: GPT, tokenizer, name: str, examples: Sequence[Exam
 
 
 def checkpoints_of(paths: Sequence[Path]) -> list[tuple[Path, int | None, str]]:
-    """Every model to evaluate with its pre-training update and the name of its run: a run folder gives all of
-    its checkpoints, a model or checkpoint folder itself (its update from state.json when it has one)."""
+    """Every model to evaluate (its absolute path) with its pre-training update and the name of its run: a run
+    folder gives all of its checkpoints, a model or checkpoint folder itself (its update from state.json when
+    it has one). Each must hold a model and a tokenizer."""
     models = []
     for path in map(Path, paths):
         if (path / "checkpoints").is_dir():
             found = sorted(p for p in (path / "checkpoints").glob("step-*") if p.is_dir())
             if not found:
                 raise UserError(f"{path}: a run folder without checkpoints")
-            models += [(p, _update_of(p), path.resolve().name) for p in found]
+            models += [(model_folder(p), _update_of(p), path.resolve().name) for p in found]
         else:
-            model_dir = resolve_model_dir(path)
+            model_dir = model_folder(path)
             models.append((model_dir, _update_of(model_dir), path.resolve().name))
+    for model_dir, _, _ in models:
+        required_tokenizer_dir(model_dir)
     return models
 
 
 def _update_of(model_dir: Path) -> int | None:
     state = model_dir / STATE_FILE
-    return int(read_json(state)["update"]) if state.is_file() else None
+    if not state.is_file():
+        return None
+    recorded = read_json(state)
+    update = recorded.get("update") if isinstance(recorded, dict) else None
+    if not isinstance(update, int) or isinstance(update, bool) or update < 0:
+        raise UserError(f"{state}: update {update!r} is not what `gpt1 pretrain` writes (a count of updates)")
+    return update
+
+
+def task_settings(name: str, data_root: Path | None, winograd: Path | None, limit: int, seed: int) -> dict:
+    """What decides a heuristic's score besides the model: its data (absolute path), the sample's size and seed."""
+    settings = {"limit": limit, "seed": seed}
+    if name == "winograd":
+        settings["winograd"] = str(Path(winograd).resolve())
+    else:
+        settings["data"] = str((Path(data_root) / HEURISTICS[name].folder).resolve())
+    if name == "cola":
+        settings["threshold_examples"] = COLA_THRESHOLD_EXAMPLES
+    return settings
 
 
 def load_examples(name: str, data_root: Path | None, winograd: Path | None, limit: int,
@@ -257,6 +279,9 @@ def load_examples(name: str, data_root: Path | None, winograd: Path | None, limi
     else:
         if data_root is None:
             raise UserError(f"the {name} task needs --data (the folder that holds {HEURISTICS[name].folder})")
+        if not (Path(data_root) / HEURISTICS[name].folder).exists():
+            raise UserError(f"--data {data_root}: holds no {HEURISTICS[name].folder} (for {name}); give the folder "
+                            f"that holds glue/ and race/")
         task = load_benchmark(name, Path(data_root) / HEURISTICS[name].folder)
         split = HEURISTICS[name].split
         if not task.splits.get(split):
@@ -275,26 +300,41 @@ def _sample(examples: list, n: int, seed: int) -> list:
 def run_zero_shot(paths: Sequence[Path], tasks: Sequence[str], out: Path, *, data_root: Path | None = None,
                   winograd: Path | None = None, limit: int = 500, seed: int = 0, device: str | None = None,
                   progress: bool = True) -> list[dict]:
-    """Evaluate each heuristic on each model; rows go to <out>/zeroshot.jsonl as they finish (a rerun skips
-    the (model, task) pairs already there), then zeroshot.csv and zeroshot.png are written from all rows.
+    """Evaluate each heuristic on each model; rows go to <out>/zeroshot.jsonl as they finish, then zeroshot.csv
+    and zeroshot.png are written from all rows. Each row records its model's absolute path and the settings of
+    its task (`task_settings`); a rerun skips the (model, task) pairs already there, and refuses an --out whose
+    rows of these tasks were scored with other settings. Every input is checked before --out is touched.
     `device`: default cuda when available."""
+    unknown = [name for name in tasks if name not in HEURISTICS]
+    if unknown:
+        raise UserError(f"--tasks: unknown zero-shot task {', '.join(map(repr, unknown))} "
+                        f"(known: {', '.join(HEURISTICS)})")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "zeroshot.jsonl"
-    rows = read_rows(results_path)
-    write_text_atomic(results_path, "".join(json.dumps(row) + "\n" for row in rows))  # drops a line cut by a kill
-    done = {(Path(row["model"]).resolve(), row["task"]) for row in rows}
     examples = {name: load_examples(name, data_root, winograd, limit, seed) for name in tasks}  # fail early
+    settings = {name: task_settings(name, data_root, winograd, limit, seed) for name in tasks}
     models = checkpoints_of(paths)
-    todo = [(m, u, r, t) for m, u, r in models for t in tasks if (m.resolve(), t) not in done]
+    results_path = out / "zeroshot.jsonl"
+    numbered = _numbered_rows(results_path)
+    for number, row in numbered:
+        if row["task"] in settings:
+            difference = settings_difference(row.get("settings"), settings[row["task"]])
+            if difference:
+                raise UserError(f"{results_path}:{number}: {row['task']} was scored with other settings "
+                                f"({difference}); one --out holds one setting per task, so choose another --out")
+    rows = [row for _, row in numbered]
+    make_run_folder(out)
+    if results_path.exists():
+        write_text_atomic(results_path, "".join(json.dumps(row) + "\n" for row in rows))  # drops a line cut by a kill
+    done = {(row["model"], row["task"]) for row in rows}
+    todo = [(m, u, r, t) for m, u, r in models for t in tasks if (str(m), t) not in done]
     loaded = None  # (folder, model, tokenizer): `todo` holds each model's tasks in a row, so load it once
     for model_dir, update, run, task in tqdm(todo, desc="zero-shot", unit="eval", disable=not progress):
         if loaded is None or loaded[0] != model_dir:
             loaded = (model_dir, load_model(model_dir, device), load_tokenizer(required_tokenizer_dir(model_dir)))
         model, tokenizer = loaded[1:]
         row = {"run": run, "model": str(model_dir), "update": update,
-               **evaluate_heuristic(model, tokenizer, task, *examples[task])}
+               **evaluate_heuristic(model, tokenizer, task, *examples[task]), "settings": settings[task]}
         with open(results_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         tqdm.write(f"{model_dir} (update {update}): {task} {row['metric']} {row['score']:.3f}, "
@@ -304,29 +344,78 @@ def run_zero_shot(paths: Sequence[Path], tasks: Sequence[str], out: Path, *, dat
     return rows
 
 
+ROW_KEYS = ("run", "model", "update", "task", "metric", "score", "normalised")
+
+
 def read_rows(path: Path) -> list[dict]:
     """The rows of a results file; a last line cut short by a kill is left out (that evaluation is redone)."""
-    if not path.is_file():
+    return [row for _, row in _numbered_rows(path)]
+
+
+def _numbered_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) of a results file; any other damaged line is a UserError naming it."""
+    path = Path(path)
+    if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
     rows = []
     for number, line in enumerate(lines, 1):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number != len(lines):
-                raise UserError(f"{path}:{number}: not a JSON line") from None
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if number == len(lines):
+                continue  # cut by a kill in the middle of writing it
+            raise UserError(f"{path}:{number}: not a JSON line; delete that line to redo its evaluation") from None
+        missing = [key for key in ROW_KEYS if not isinstance(row, dict) or key not in row]
+        wrong = not missing and not (isinstance(row["model"], str) and isinstance(row["task"], str)
+                                     and (row["update"] is None or isinstance(row["update"], int))
+                                     and isinstance(row["normalised"], (int, float)))
+        if missing or wrong:
+            what = f"lacks {', '.join(missing)}" if missing else "has a field of the wrong type"
+            raise UserError(f"{path}:{number}: not a zero-shot result ({what}); delete that line to redo its "
+                            f"evaluation")
+        rows.append((number, row))
     return rows
 
 
 def write_outputs(rows: list[dict], out: Path) -> None:
-    write_csv(out / "zeroshot.csv", rows, first=("run", "model", "update", "task", "metric", "score", "normalised"))
+    """zeroshot.csv (every field) and zeroshot.png: each task's normalised score against the pre-training
+    updates (log axis) for the checkpoints of runs, and bars by model name for models without an update
+    number (a model folder without state.json) or at update 0, which a log axis cannot show."""
+    write_csv_atomic(out / "zeroshot.csv", rows, first=ROW_KEYS)
     several_runs = len({row["run"] for row in rows}) > 1
     series: dict[str, list[tuple[float, float]]] = {}
+    bars: dict[str, dict[str, float]] = {}
+    names = _bar_names([row for row in rows if not row["update"]])
     for row in rows:
-        if row["update"]:  # a log axis has no place for update 0 or an unknown update
+        if row["update"]:
             name = f"{row['task']} ({row['run']})" if several_runs else row["task"]
             series.setdefault(name, []).append((row["update"], row["normalised"]))
-    line_plot(series, out / "zeroshot.png", title="Zero-shot heuristics over pre-training",
-              xlabel="pre-training updates", ylabel="normalised score (0 = chance, 1 = reference)", log_x=True,
-              reference_lines=(0.0,))
+        else:
+            bars.setdefault(row["task"], {})[names[row["model"], row["update"]]] = row["normalised"]
+    fig = lines_and_bars_figure(
+        series, bars, title="Zero-shot heuristics over pre-training", xlabel="pre-training updates",
+        bar_xlabel="task (models without an update number)", ylabel="normalised score (0 = chance, 1 = reference)",
+        log_x=True, reference_lines=(0.0,))
+    save_figure(fig, out / "zeroshot.png")
+
+
+def _bar_names(rows: list[dict]) -> dict[tuple[str, int | None], str]:
+    """A legend name per (model, update) of rows without an update number: the run's name (its folder's),
+    with ' update 0' at update 0; models of equal names are told apart by their last two path parts."""
+    def base(row):
+        return row["run"] if row["update"] is None else f"{row['run']} update {row['update']}"
+
+    models_of: dict[str, set[str]] = {}
+    for row in rows:
+        models_of.setdefault(base(row), set()).add(row["model"])
+    names = {}
+    for row in rows:
+        name = base(row)
+        if len(models_of[name]) > 1:
+            name = f"{name} ({'/'.join(Path(row['model']).parts[-2:])})"
+        names[row["model"], row["update"]] = name
+    return names

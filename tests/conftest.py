@@ -38,3 +38,19 @@ def require_shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (the project's ../shared/data is not next to this checkout)")
     return path
+
+
+def run(capsys, *argv):
+    """`gpt1 ARGV` in this process: exit code, stdout, stderr."""
+    from gpt1.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    """The one line of an error message, which must come without a traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

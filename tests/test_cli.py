@@ -15,20 +15,13 @@ import pytest
 from gpt1.checkpoint import save_model
 from gpt1.cli import _raise_interrupted, build_parser, main
 from gpt1.model import GPT, GPTConfig
-from conftest import require_shared_data
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+from conftest import one_line, require_shared_data, run
 
 
 def one_line_error(err: str, *fragments: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
+    line = one_line(err)
     for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+        assert fragment in line, line
 
 
 @pytest.fixture
