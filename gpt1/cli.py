@@ -50,10 +50,10 @@ def cmd_decode(args) -> None:
     tokenizer = load_tokenizer(args.tokenizer)
     limit = tokenizer.n_vocab_with_specials
     for number, line in _read_lines(args.file):
-        try:
-            ids = [int(t) for t in line.split()]
-        except ValueError:
-            raise UserError(f"{args.file or '<stdin>'}:{number}: expected space-separated integer ids") from None
+        # int() would also take "1_0", "+5" and digits of other scripts ("２"): ids are what encode writes
+        if not all(re.fullmatch(r"-?[0-9]+", t) for t in line.split()):
+            raise UserError(f"{args.file or '<stdin>'}:{number}: expected space-separated integer ids")
+        ids = [int(t) for t in line.split()]
         bad = [i for i in ids if not 0 <= i < limit]
         if bad:
             raise UserError(f"{args.file or '<stdin>'}:{number}: id {bad[0]} is outside the vocabulary (0..{limit - 1})")
@@ -507,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-tokenizer", help="learn a new BPE vocabulary with GPT-1's pre-processing")
     p.add_argument("inputs", nargs="+", type=Path, help="text files or folders (.txt, .gz)")
-    p.add_argument("--merges", type=int, default=40000, help="number of merges (GPT-1: 40000)")
+    p.add_argument("--merges", type=_int_at_least(0), default=40000, help="number of merges (GPT-1: 40000)")
     p.add_argument("--out", required=True, type=Path)
     _add_text_options(p)
     p.set_defaults(func=cmd_train_tokenizer)

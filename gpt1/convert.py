@@ -28,6 +28,7 @@ from .checkpoint import (
 from .errors import UserError
 from .finetune import load_task_model, task_model_dir
 from .model import GPT, GPTConfig
+from .tokenizer import load_tokenizer
 
 # Per-block tensors in the order of the original release, with their names in its TensorFlow graph; the Linear
 # ones are transposed.
@@ -54,6 +55,8 @@ RELEASE_FILES = ("params_shapes.json", "parameters_names.json", "params_*.npy", 
 
 
 def config_from_hf(hf: dict, path: Path) -> GPTConfig:
+    if not isinstance(hf, dict):
+        raise UserError(f"{path}: expected a JSON object of model settings, found {type(hf).__name__}")
     if hf.get("model_type") not in (None, "openai-gpt"):
         raise UserError(f"{path}: model_type is {hf.get('model_type')!r}, not 'openai-gpt'")
     if hf.get("afn", "gelu") != "gelu":
@@ -194,10 +197,18 @@ def hf_tokenizer_as_gpt1(src: Path, staging: Path) -> Path | None:
     vocab, merges = src / "vocab.json", src / "merges.txt"
     if not (vocab.is_file() and merges.is_file()):
         return None
-    n_merges = sum(1 for _ in open(merges, encoding="utf-8")) - 1
+    n_merges = sum(1 for _ in open(merges, "rb")) - 1  # bytes: a file that is not UTF-8 is named by load_tokenizer
+    copies = {staging / f"encoder_bpe_{n_merges}.json": vocab, staging / f"vocab_{n_merges}.bpe": merges}
     staging.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(vocab, staging / f"encoder_bpe_{n_merges}.json")
-    shutil.copyfile(merges, staging / f"vocab_{n_merges}.bpe")
+    for copy, original in copies.items():
+        shutil.copyfile(original, copy)
+    try:  # now, not when the converted model is first used, and naming the files the user has
+        load_tokenizer(staging)
+    except UserError as error:
+        message = str(error)
+        for copy, original in copies.items():
+            message = message.replace(str(copy), str(original)).replace(copy.name, original.name)
+        raise UserError(message) from None
     return staging
 
 
@@ -210,9 +221,19 @@ def from_openai(src: Path) -> GPT:
     shapes = read_json(shapes_path)
     if not isinstance(shapes, list) or len(shapes) < 2 or (len(shapes) - 2) % len(BLOCK_TENSORS):
         raise UserError(f"{shapes_path}: expected 2 embedding shapes and 12 per block, got {len(shapes)} shapes")
-    shards = sorted(src.glob("params_*.npy"), key=lambda p: int(p.stem.split("_")[1]))
+    for number, shape in enumerate(shapes):
+        if not (isinstance(shape, list) and shape and all(type(n) is int and n > 0 for n in shape)):
+            raise UserError(f"{shapes_path}: shape {number} is {json.dumps(shape)}, not a list of positive integers")
+    if len(shapes[0]) != 2 or len(shapes[1]) != 2:
+        raise UserError(f"{shapes_path}: the first two shapes (positions, tokens) must be [rows, width], got "
+                        f"{shapes[0]} and {shapes[1]}")
+    # the shards are cut from one vector in order: a missing or extra one would shift every value after it
+    shards = sorted(src.glob("params_*.npy"), key=lambda p: (len(p.name), p.name))  # params_2 before params_10
     if not shards:
         raise UserError(f"{src}: no params_*.npy shards found")
+    if [shard.name for shard in shards] != [f"params_{i}.npy" for i in range(len(shards))]:
+        raise UserError(f"{src}: the shards must be params_0.npy .. params_{len(shards) - 1}.npy without a gap, "
+                        f"found {', '.join(shard.name for shard in shards)}")
     parts = []
     for shard in shards:
         try:
@@ -243,9 +264,11 @@ def from_openai(src: Path) -> GPT:
     }
     for i in range(n_layer):
         block = arrays[2 + i * len(BLOCK_TENSORS) : 2 + (i + 1) * len(BLOCK_TENSORS)]
-        for (name, _, transpose), array in zip(BLOCK_TENSORS, block):
+        for (name, original_name, transpose), array in zip(BLOCK_TENSORS, block):
             t = torch.from_numpy(array.copy())
             if transpose:
+                if t.dim() < 2 or t.numel() != t.shape[-2] * t.shape[-1]:
+                    raise UserError(f"{shapes_path}: h{i}/{original_name} has shape {list(t.shape)}, not [1, in, out]")
                 t = t.reshape(t.shape[-2], t.shape[-1]).t().contiguous()  # [1, in, out] -> [out, in]
             state[f"h.{i}.{name}"] = t
     model = GPT(config)
@@ -298,7 +321,6 @@ def convert(src: Path, dst: Path, src_format: str, dst_format: str) -> Path:
     if src_format == "hf":
         model = from_hf(src)
         staging = dst.with_name(f".{dst.name}.tokenizer-staging")
-        tokenizer_dir = hf_tokenizer_as_gpt1(src, staging)
     elif src_format == "openai":
         model = from_openai(src)
         if list(src.glob("encoder_bpe_*.json")) and list(src.glob("vocab_*.bpe")):
@@ -317,6 +339,8 @@ def convert(src: Path, dst: Path, src_format: str, dst_format: str) -> Path:
     else:
         raise UserError(f"unknown source format {src_format!r}")
     try:
+        if staging is not None:
+            tokenizer_dir = hf_tokenizer_as_gpt1(src, staging)
         if dst_format == "gpt1":
             save_model(model, dst, tokenizer_dir)
         elif dst_format == "hf":

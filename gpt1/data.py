@@ -45,13 +45,18 @@ def find_text_files(inputs: list[Path]) -> list[Path]:
     files: list[Path] = []
     for path in map(Path, inputs):
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            entries = sorted(p for p in path.rglob("*") if not p.name.startswith("."))
+            found = [p for p in entries if p.is_file()]
             files += [p for p in found if p.suffix.lower() in TEXT_SUFFIXES]
             other = [p.name for p in found if p.suffix.lower() not in TEXT_SUFFIXES]
-            if other:
-                shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
-                print(f"note: {path}: not read, not named {'/'.join(TEXT_SUFFIXES)}: {shown} (name a file to read "
-                      "it whatever its name)", file=sys.stderr)
+            # rglob follows no link to a folder (it could loop) and a link to nothing is no file: name them too
+            links = [p.name for p in entries if p.is_symlink() and not p.is_file()]
+            reasons = {f"not named {'/'.join(TEXT_SUFFIXES)}": other, "links to a folder or to nothing": links}
+            for why, names in reasons.items():
+                if names:
+                    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                    print(f"note: {path}: not read, {why}: {shown} (name a file or folder to read it whatever its "
+                          "name)", file=sys.stderr)
         elif path.is_file():
             files.append(path)
         else:

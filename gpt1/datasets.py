@@ -83,6 +83,9 @@ def _read_text(path: Path) -> str:
         raise UserError(f"{path}: no such file") from None
     except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
         raise UserError(f"{path}: cannot read: {error}") from None
+    # gzip's magic number: "not valid UTF-8 ... save the file as UTF-8" would send the user the wrong way
+    if raw.startswith(b"\x1f\x8b") and not path.name.endswith(".gz"):
+        raise UserError(f"{path}: gzip-compressed, but its name does not end in .gz; rename it {path.name}.gz")
     return _decode(raw, str(path))
 
 
@@ -140,6 +143,15 @@ def _read_delimited(path: Path, delimiter: str, header: Sequence[str] | None = N
     return _Table(path, columns, rows)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are distinct: json.loads would keep the last of "text": ..., "text": ... silently."""
+    keys = [key for key, _ in pairs]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate key(s) {', '.join(map(repr, duplicates))} in one object")
+    return dict(pairs)
+
+
 def _read_jsonl(path: Path) -> _Table:
     """JSON Lines: one object per non-blank line."""
     rows = []
@@ -147,9 +159,11 @@ def _read_jsonl(path: Path) -> _Table:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as error:
             raise UserError(f"{path}:{number}: invalid JSON: {error.msg} (column {error.colno})") from None
+        except (ValueError, RecursionError) as error:  # duplicate keys, an integer of 4,300+ digits, deep nesting
+            raise UserError(f"{path}:{number}: {error}") from None
         if not isinstance(value, dict):
             raise UserError(f"{path}:{number}: expected a JSON object, found {type(value).__name__}")
         rows.append(_Row(value, f"{path}:{number}"))
@@ -461,7 +475,11 @@ def _race_files(path: Path) -> Iterator[tuple[str, str, str, bytes]]:
             raise UserError(f"{path}: cannot read the archive: {error}") from None
     elif path.is_dir():
         for file in sorted(path.glob("*/*/*.txt")):
-            yield file.parent.parent.name, file.parent.name, str(file), file.read_bytes()
+            try:
+                raw = file.read_bytes()
+            except OSError as error:  # a folder named *.txt, a file without read permission
+                raise UserError(f"{file}: cannot read: {error.strerror}") from None
+            yield file.parent.parent.name, file.parent.name, str(file), raw
     else:
         raise UserError(f"{path}: no such file or folder (give RACE.tar.gz or the RACE folder)")
 
@@ -472,13 +490,20 @@ def _race_examples(where: str, level: str, text: str) -> list[Example]:
         passage = json.loads(text)
     except json.JSONDecodeError as error:
         raise UserError(f"{where}:{error.lineno}: invalid JSON: {error.msg}") from None
+    except (ValueError, RecursionError) as error:  # an integer of 4,300+ digits, deep nesting
+        raise UserError(f"{where}: {error}") from None
     if not isinstance(passage, dict) or any(key not in passage for key in ("article", "questions", "options", "answers")):
         raise UserError(f"{where}: expected a JSON object with article, questions, options and answers")
     questions, options, answers = passage["questions"], passage["options"], passage["answers"]
+    if not isinstance(passage["article"], str) or not all(isinstance(v, list) for v in (questions, options, answers)):
+        raise UserError(f"{where}: expected the article as text and questions, options and answers as lists")
     if not len(questions) == len(options) == len(answers):
         raise UserError(f"{where}: {len(questions)} questions, {len(options)} option lists and {len(answers)} answers")
     examples = []
     for number, (question, choices, answer) in enumerate(zip(questions, options, answers), 1):
+        if not (isinstance(question, str) and isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
+            raise UserError(f"{where}: question {number}: expected the question as text and its options as a list "
+                            "of texts")
         if len(choices) != len(_RACE_LETTERS):
             raise UserError(f"{where}: question {number}: expected {len(_RACE_LETTERS)} options, found {len(choices)}")
         if answer not in _RACE_LETTERS:
@@ -638,6 +663,9 @@ def _choices(row: _Row, columns: UserColumns, delimited: bool) -> list[str]:
         choices = value
     else:
         choices = [_text(row, name, False) for name in columns.choices]
+    if len(choices) < 2:  # a softmax over one answer is always right: nothing would be learned or scored
+        raise UserError(f"{row.source}: a multiple-choice row needs at least 2 answers, found {len(choices)} in "
+                        f"column(s) {columns.choices!r}")
     if any(not choice.strip() for choice in choices):
         raise UserError(f"{row.source}: empty answer in column(s) {columns.choices!r}")
     return choices

@@ -81,5 +81,7 @@ def generate_text(model: GPT, tokenizer, prompt: str = "", max_new_tokens: int =
     """Decoded samples continuing `prompt` (which they include); an empty prompt starts a new paragraph.
     `sampling`: temperature, top_k, top_p, seed, num_samples as for `generate`."""
     prompt_ids = tokenizer.encode(prompt) if prompt.strip() else [tokenizer.newline_id]  # spaces encode to nothing
+    if not prompt_ids:  # not empty, but every character is one the tokenizer drops (control characters)
+        raise UserError(f"the prompt {prompt!r} encodes to no token: give text the tokenizer keeps, or no prompt")
     samples = generate(model, prompt_ids, max_new_tokens, **sampling)
     return [tokenizer.decode((prompt_ids if prompt.strip() else []) + ids) for ids in samples]

@@ -71,6 +71,15 @@ def test_encode_reports_the_line_of_non_utf8_input(vocab, tmp_path, capsys):
     one_line_error(err, f"{bad}:2", "not UTF-8")
 
 
+@pytest.mark.parametrize("ids", ["1_0", "+5", "1 \uff12"])
+def test_decode_takes_ids_as_encode_writes_them(vocab, tmp_path, capsys, ids):
+    """int() reads "1_0" as 10, "+5" as 5 and a full-width digit as 2: a typo decoded as some other token."""
+    (tmp_path / "ids.txt").write_text(f"{ids}\n", encoding="utf-8")
+    code, out, err = run(capsys, "decode", "--tokenizer", vocab, tmp_path / "ids.txt")
+    assert code == 2 and not out
+    one_line_error(err, f"{tmp_path / 'ids.txt'}:1: expected space-separated integer ids")
+
+
 def test_missing_and_malformed_vocabulary_files(vocab, tmp_path, capsys):
     broken = tmp_path / "vocab"
     shutil.copytree(vocab, broken)
@@ -127,6 +136,22 @@ def test_files_of_a_folder_without_a_text_suffix_are_named_not_dropped_silently(
     assert find_text_files([tmp_path / "README"]) == [tmp_path / "README"]  # named, it is read
 
 
+def test_links_in_a_corpus_folder_that_are_not_read_are_named(tmp_path, capsys):
+    """rglob does not follow a link to a folder, and a link to nothing is no file: both were dropped silently."""
+    from gpt1.data import find_text_files
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "b.txt").write_text("text")
+    (tmp_path / "corpus" / "a.txt").write_text("text")
+    (tmp_path / "corpus" / "books").symlink_to(tmp_path / "books")
+    (tmp_path / "corpus" / "gone.txt").symlink_to(tmp_path / "nowhere.txt")
+    assert find_text_files([tmp_path / "corpus"]) == [tmp_path / "corpus" / "a.txt"]
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'corpus'}: not read, links to a folder or to nothing: books, gone.txt" in err
+    assert find_text_files([tmp_path / "corpus" / "books"]) == [tmp_path / "corpus" / "books" / "b.txt"]
+
+
 def test_prepare_strips_gutenberg_header_and_footer(vocab, tmp_path, capsys):
     book = tmp_path / "book.txt"
     book.write_text("The Project Gutenberg eBook of X\nlicence blah\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\n"
@@ -174,6 +199,14 @@ def test_generate_refuses_weights_of_another_shape(tmp_path, capsys):
     one_line_error(err, str(tmp_path / "m" / "model.safetensors"), "missing")
 
 
+def test_a_prompt_of_only_characters_the_tokenizer_drops_is_named_as_such(vocab, tmp_path, capsys):
+    """It was "the prompt is empty", of a prompt that is not."""
+    save_model(GPT(GPTConfig(vocab_size=97, n_positions=16, n_embd=32, n_layer=1, n_head=4)), tmp_path / "m")
+    code, out, err = run(capsys, "generate", "--model", tmp_path / "m", "--tokenizer", vocab, "--prompt", "\x01\x02")
+    assert code == 2 and not out
+    one_line_error(err, "the prompt '\\x01\\x02' encodes to no token")
+
+
 def test_convert_of_a_missing_folder_and_of_a_foreign_config(tmp_path, capsys):
     code, _, err = run(capsys, "convert", "--from", "hf", "--to", "gpt1", tmp_path / "nope", tmp_path / "out")
     assert code == 2
@@ -184,6 +217,56 @@ def test_convert_of_a_missing_folder_and_of_a_foreign_config(tmp_path, capsys):
     assert code == 2
     one_line_error(err, "config.json", "gpt2")
     assert not (tmp_path / "out").exists()
+
+
+def _damage_shapes(change):
+    def damage(release):
+        shapes = json.loads((release / "params_shapes.json").read_text())
+        change(shapes)
+        (release / "params_shapes.json").write_text(json.dumps(shapes))
+    return damage
+
+
+def _swap_first_block_weight_and_bias(shapes):
+    shapes[2], shapes[3] = shapes[3], shapes[2]
+
+
+@pytest.mark.parametrize("damage, message", [
+    # a shard missing in the middle of the numbering shifted every value after it into the wrong tensor
+    (lambda r: (r / "params_4.npy").rename(r / "params_11.npy"), "the shards must be params_0.npy .. params_9.npy"),
+    (lambda r: (r / "params_3.npy").rename(r / "params_x.npy"), "without a gap, found params_0.npy"),
+    (_damage_shapes(lambda s: s.__setitem__(0, [8.0, 64.0])), "shape 0 is [8.0, 64.0], not a list of positive"),
+    (_damage_shapes(lambda s: s.__setitem__(0, [8, 64, 1])), "the first two shapes (positions, tokens) must be"),
+    (_damage_shapes(_swap_first_block_weight_and_bias), "h0/attn/c_attn/w has shape [192], not [1, in, out]"),
+])
+def test_convert_of_a_damaged_release_is_one_line_and_writes_nothing(tmp_path, capsys, damage, message):
+    save_model(GPT(GPTConfig(vocab_size=97, n_positions=8, n_embd=64, n_layer=1, n_head=1)), tmp_path / "m")
+    code, _, err = run(capsys, "convert", "--from", "gpt1", "--to", "openai", tmp_path / "m", tmp_path / "release")
+    assert code == 0, err
+    damage(tmp_path / "release")
+    code, out, err = run(capsys, "convert", "--from", "openai", "--to", "gpt1", tmp_path / "release", tmp_path / "out")
+    assert code == 2 and not out
+    one_line_error(err, str(tmp_path / "release"), message)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda hf: (hf / "config.json").write_text("[1]"), "config.json: expected a JSON object of model settings"),
+    # the tokenizer files were copied as they were: a traceback for merges.txt, a model that cannot be used for
+    # vocab.json
+    (lambda hf: (hf / "merges.txt").write_bytes(b"\xff\xfe"), "merges.txt: not UTF-8"),
+    (lambda hf: (hf / "vocab.json").write_text("nope"), "vocab.json: malformed JSON at line 1"),
+])
+def test_convert_of_a_damaged_hugging_face_folder_is_one_line_and_writes_nothing(vocab, tmp_path, capsys, damage,
+                                                                                  message):
+    save_model(GPT(GPTConfig(vocab_size=97, n_positions=8, n_embd=16, n_layer=1, n_head=2)), tmp_path / "m", vocab)
+    code, _, err = run(capsys, "convert", "--from", "gpt1", "--to", "hf", tmp_path / "m", tmp_path / "hf")
+    assert code == 0, err
+    damage(tmp_path / "hf")
+    code, out, err = run(capsys, "convert", "--from", "hf", "--to", "gpt1", tmp_path / "hf", tmp_path / "out")
+    assert code == 2 and not out
+    one_line_error(err, str(tmp_path / "hf"), message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "m"]  # no output, no staged tokenizer
 
 
 def test_an_output_folder_holding_other_files_is_refused_and_left_alone(tmp_path, capsys):
@@ -269,6 +352,9 @@ def test_a_worker_count_below_one_is_refused_by_the_parser(tmp_path, capsys):
         with pytest.raises(SystemExit) as stop:
             main([str(a) for a in command] + ["--workers", "0"])
         assert stop.value.code == 2 and "--workers: must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # was "n_merges must be >= 0", after reading the whole corpus
+        main(["train-tokenizer", str(tmp_path), "--out", str(tmp_path / "t"), "--merges", "-1"])
+    assert stop.value.code == 2 and "--merges: must be at least 0, got -1" in capsys.readouterr().err
 
 
 def test_a_negative_zero_shot_limit_is_refused_by_the_parser(tmp_path, capsys):

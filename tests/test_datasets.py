@@ -191,6 +191,28 @@ def test_race_errors(tmp_path):
         load_benchmark("race-middle", tmp_path)
 
 
+@pytest.mark.parametrize("passage, message", [
+    ({"article": 5, "questions": ["Q ?"], "options": [list("abcd")], "answers": ["A"]},
+     r"1.txt: expected the article as text and questions, options and answers as lists"),
+    ({"article": "A .", "questions": 1, "options": 1, "answers": 1}, r"1.txt: expected the article as text"),
+    ({"article": "A .", "questions": ["Q ?"], "options": [5], "answers": ["A"]},
+     r"1.txt: question 1: expected the question as text and its options as a list of texts"),
+    ({"article": "A .", "questions": ["Q ?"], "options": [[1, 2, 3, 4]], "answers": ["A"]}, r"1.txt: question 1: "),
+    ({"article": "A .", "questions": [None], "options": [list("abcd")], "answers": ["A"]}, r"1.txt: question 1: "),
+])
+def test_race_passages_of_the_wrong_types_are_named(tmp_path, passage, message):
+    """These were tracebacks (TypeError) or, for a null question, a question read as None."""
+    write(tmp_path / "RACE/dev/middle/1.txt", json.dumps(passage))
+    with pytest.raises(UserError, match=message):
+        load_benchmark("race-middle", tmp_path)
+
+
+def test_race_folder_entry_that_cannot_be_read_is_named(tmp_path):
+    (tmp_path / "RACE/dev/middle/1.txt").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"RACE/dev/middle/1.txt: cannot read: Is a directory"):
+        load_benchmark("race-middle", tmp_path)
+
+
 # ------------------------------------------------------------------ benchmark errors
 
 
@@ -311,6 +333,18 @@ def test_user_task_uses_train_labels(tmp_path):
     ("a.csv", 'text,label\nx,"pos"x\n', "classification", UserColumns(), r"a.csv:2: ',' expected after '\"'"),
     ("a.jsonl", '{"context": "C", "question": "Q", "choices": ["a", "b"], "label": "\u00b2"}\n', "multiple-choice",
      UserColumns(), r"a.jsonl:1: label '\u00b2' is neither a choice index"),
+    # no answers was an IndexError; one answer trained a head that is always right
+    ("a.jsonl", '{"context": "C", "question": "Q", "choices": [], "label": 0}\n', "multiple-choice", UserColumns(),
+     r"a.jsonl:1: a multiple-choice row needs at least 2 answers, found 0"),
+    ("a.csv", 'context,question,choices,label\nC,Q,"[""a""]",0\n', "multiple-choice", UserColumns(),
+     r"a.csv:2: a multiple-choice row needs at least 2 answers, found 1"),
+    # json.loads keeps the last of two equal keys without a word; the others were tracebacks
+    ("a.jsonl", '{"text": "x", "label": "pos", "text": "y"}\n', "classification", UserColumns(),
+     r"a.jsonl:1: duplicate key\(s\) 'text' in one object"),
+    ("a.jsonl", '{"text": ' + "[" * 100_000 + "]" * 100_000 + ', "label": 1}\n', "classification", UserColumns(),
+     r"a.jsonl:1: maximum recursion depth exceeded"),
+    ("a.jsonl", '{"text": "x", "label": 1' + "0" * 5000 + "}\n", "classification", UserColumns(),
+     r"a.jsonl:1: Exceeds the limit"),
 ])
 def test_user_data_errors(tmp_path, name, text, kind, columns, message):
     path = write(tmp_path / name, text)
@@ -344,6 +378,15 @@ def test_user_data_non_utf8_and_options(tmp_path):
     with pytest.raises(UserError, match=r"b.csv:1: missing column 'label'"):
         load_user_data(unlabelled, "classification")
     assert load_user_data(unlabelled, "classification", require_label=False).examples[0].label is None
+
+
+def test_a_gzip_file_without_the_gz_suffix_is_named_as_such(tmp_path):
+    """It was "not valid UTF-8 (byte 0x8b); save the file as UTF-8", which sends the user the wrong way."""
+    write(tmp_path / "a.csv", "text,label\nx,1\n", compress=True)
+    with pytest.raises(UserError, match=r"a.csv: gzip-compressed, but its name does not end in .gz; rename it a.csv.gz"):
+        load_user_data(tmp_path / "a.csv", "classification")
+    (tmp_path / "a.csv").rename(tmp_path / "a.csv.gz")
+    assert load_user_data(tmp_path / "a.csv.gz", "classification").examples[0].text_a == "x"
 
 
 # ------------------------------------------------------------------ GLUE submissions
