@@ -10,6 +10,7 @@ checkpoint whole. Nothing is ever unpickled.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -202,6 +203,12 @@ def copy_tokenizer(src: Path, dst: Path) -> None:
     for pattern in TOKENIZER_FILES:
         for f in src.glob(pattern):
             shutil.copyfile(f, dst / f.name)
+
+
+def tokenizer_digest(directory: Path) -> dict[str, str]:
+    """SHA-256 of each tokenizer file in `directory`: equal digests encode text to the same ids."""
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+            for pattern in TOKENIZER_FILES for f in sorted(Path(directory).glob(pattern))}
 
 
 def resolve_model_dir(path: Path) -> Path:

@@ -525,7 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, metrics.jsonl")
     p.add_argument("--recipe", default="gpt1", help="built-in recipe name (gpt1, cpu-small, ...) or a .toml file")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--init-from", type=Path, help="start from these weights (a gpt1 model folder)")
+    p.add_argument("--init-from", type=Path, help="start from these pre-trained weights (a model, checkpoint or run folder) with fresh "
+                        "optimizer state and schedule; the model must use the tokenizer --data was prepared with")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     from .pretrain import PretrainConfig
 

@@ -43,6 +43,7 @@ from .checkpoint import (
     MODEL_FILES,
     OPTIMIZER_FILE,
     STATE_FILE,
+    TOKENIZER_DIR,
     AtomicDirectory,
     load_weights_into,
     optimizer_from_tensors,
@@ -56,6 +57,7 @@ from .checkpoint import (
     WEIGHTS_FILE,
     load_config,
     resolve_model_dir,
+    tokenizer_digest,
 )
 from .data import TokenData, validation_starts, window_starts, windows
 from .errors import ReportedElsewhere, UserError, check_settings
@@ -380,10 +382,25 @@ def _start_run(config, data_dir, out_dir, resume, init_from, ddp) -> RunStart:
     elif latest.exists():
         raise UserError(f"{out_dir}: holds a run already; pass --resume to continue it or choose another --out")
     elif init_from is not None:
-        src = resolve_model_dir(init_from)
-        load_weights_into(run.model, read_safetensors(src / WEIGHTS_FILE), src / WEIGHTS_FILE)
+        _load_initial_weights(run.model, Path(init_from), data)
     run.metrics_kept = _metrics_up_to(out_dir / METRICS_FILE, run.step)
     return run
+
+
+def _load_initial_weights(model: GPT, init_from: Path, data: TokenData) -> None:
+    """--init-from: a pre-trained model's weights, which must come from the tokenizer the data was encoded
+    with: another vocabulary of the same size would load, its ids meaning other tokens."""
+    from .finetune import task_model_dir
+
+    if task_model_dir(init_from) is not None:
+        raise UserError(f"{init_from}: a fine-tuned model (it holds task.json); --init-from takes a pre-trained "
+                        "model, checkpoint or run folder")
+    src = resolve_model_dir(init_from)
+    theirs, ours = tokenizer_digest(src / TOKENIZER_DIR), tokenizer_digest(data.tokenizer_dir)
+    if theirs and ours and theirs != ours:
+        raise UserError(f"{src / TOKENIZER_DIR}: another tokenizer than the one {data.directory} was encoded with; "
+                        "the model's ids would mean other tokens")
+    load_weights_into(model, read_safetensors(src / WEIGHTS_FILE), src / WEIGHTS_FILE)
 
 
 def _data_fingerprint(data: TokenData) -> dict:

@@ -232,6 +232,26 @@ def test_resuming_behind_a_newer_checkpoint_removes_it_and_pruning_keeps_the_one
     assert max(losses(tmp_path / "run")) == 4  # the records of updates 5 and 6 went with their checkpoint
 
 
+def test_init_from_starts_from_a_models_weights_of_the_datas_tokenizer_only(token_data, tmp_path):
+    config = PretrainConfig.from_dict({**TINY, "max_updates": 4, "eval_every": 4})
+    first = pretrain(config, token_data, tmp_path / "first", progress=False)
+    (token_data / "tokenizer" / "encoder_bpe_10.json").write_text('{"a</w>": 0}')  # as `gpt1 prepare` copies it
+    shutil.copytree(token_data / "tokenizer", tmp_path / "first" / "checkpoints" / "step-00000004" / "tokenizer",
+                    dirs_exist_ok=True)
+    second = pretrain(config, token_data, tmp_path / "second", init_from=tmp_path / "first", progress=False)
+    assert second["val"][0]["val_loss"] == pytest.approx(first["val"][-1]["val_loss"], rel=1e-6)  # the same weights
+
+    (token_data / "tokenizer" / "encoder_bpe_10.json").write_text('{"b</w>": 0}')  # same size, other tokens
+    with pytest.raises(UserError, match=r"first/checkpoints/step-00000004/tokenizer: another tokenizer than the one"):
+        pretrain(config, token_data, tmp_path / "third", init_from=tmp_path / "first", progress=False)
+    fine_tuned = tmp_path / "ft" / "model"
+    shutil.copytree(tmp_path / "first" / "checkpoints" / "step-00000004", fine_tuned)
+    (fine_tuned / "task.json").write_text("{}")
+    with pytest.raises(UserError, match=r"ft: a fine-tuned model \(it holds task.json\)"):
+        pretrain(config, token_data, tmp_path / "fourth", init_from=tmp_path / "ft", progress=False)
+    assert not (tmp_path / "third").exists() and not (tmp_path / "fourth").exists()
+
+
 def test_unigram_perplexity_is_that_of_add_one_smoothed_training_frequencies(tmp_path):
     (tmp_path / "train.bin").write_bytes(np.array([1, 1, 2, 3], dtype=np.uint16).tobytes())
     (tmp_path / "val.bin").write_bytes(np.array([1, 0], dtype=np.uint16).tobytes())
