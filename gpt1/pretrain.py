@@ -374,9 +374,7 @@ def _start_run(config, data_dir, out_dir, resume, init_from, ddp) -> RunStart:
     if resume and latest.exists():
         _check_same_run(out_dir, config, data, ddp)
         run.checkpoint = resolve_model_dir(out_dir)
-        run.step, run.tokens_seen = _load_weights(run.checkpoint, run.model)
-        groups = read_json(run.checkpoint / STATE_FILE)["param_groups"]
-        run.optimizer_tensors = optimizer_from_tensors(read_safetensors(run.checkpoint / OPTIMIZER_FILE), groups)
+        run.step, run.tokens_seen, run.optimizer_tensors = _load_checkpoint(run.checkpoint, run.model)
     elif resume:
         raise UserError(f"{out_dir}: nothing to resume (no {LATEST_FILE} file)")
     elif latest.exists():
@@ -607,14 +605,16 @@ def save_checkpoint(out_dir: Path, model: GPT, optimizer, step: int, tokens: int
     ddp.barrier()
 
 
-def _load_weights(ckpt: Path, model: GPT) -> tuple[int, int]:
-    """The checkpoint's weights into the (unsharded) model; returns its update and token count."""
+def _load_checkpoint(ckpt: Path, model: GPT) -> tuple[int, int, dict]:
+    """The checkpoint's weights into the (unsharded) model; returns its update, token count and optimizer
+    state (loaded into the optimizer once the model has its place)."""
     saved = load_config(ckpt)
     if saved != model.config:
         raise UserError(f"{ckpt / 'config.json'}: the checkpoint's model {saved} differs from the recipe's {model.config}")
     load_weights_into(model, read_safetensors(ckpt / WEIGHTS_FILE), ckpt / WEIGHTS_FILE)
     state = read_json(ckpt / STATE_FILE)
-    return int(state["update"]), int(state["tokens"])
+    optimizer = optimizer_from_tensors(read_safetensors(ckpt / OPTIMIZER_FILE), state["param_groups"])
+    return int(state["update"]), int(state["tokens"]), optimizer
 
 
 def _load_optimizer(state: dict, optimizer) -> None:
