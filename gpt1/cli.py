@@ -255,7 +255,7 @@ def _check_model_fits(model_dir, info: dict, task) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .checkpoint import check_output_file
+    from .checkpoint import check_output_file, write_json_atomic
     from .datasets import load_benchmark, load_user_data
     from .finetune import score_split
 
@@ -284,8 +284,6 @@ def cmd_evaluate(args) -> None:
     report = {"data": str(args.data), "examples": len(examples), "truncated": cut, **scores}
     print(json.dumps(report, indent=2))
     if args.out:
-        from .checkpoint import write_json_atomic
-
         write_json_atomic(Path(args.out), report)
 
 
