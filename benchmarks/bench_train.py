@@ -99,6 +99,11 @@ def _hf_loss(model, ids: torch.Tensor) -> torch.Tensor:
 def measure(args) -> dict:
     """One measurement in this process: returns tokens/s, median step time, peak memory."""
     torch.set_num_threads(args.threads)
+    if args.command_settings:
+        from gpt1.cli import bound_kernel_cache, keep_freed_memory
+
+        keep_freed_memory()
+        bound_kernel_cache()
     device = args.device
     model, config = build(args.impl, args.preset, device, args.mode)
     compile_gpt1 = args.compile and args.impl == "gpt1"  # the first step pays the compile time (first_step_s)
@@ -278,7 +283,7 @@ def run_child(args, impl: str, mode: str, dtype: str, batch: int, context: int) 
            str(batch), "--context", str(context), "--preset", args.preset, "--steps", str(args.steps), "--warmup",
            str(args.warmup), "--threads", str(args.threads), "--device", args.device,
            "--new-tokens", str(args.new_tokens), "--data", str(args.data)] + (["--compile"] if args.compile else []) \
-        + (["--profile", args.profile] if args.profile else [])
+        + (["--command-settings"] if args.command_settings else []) + (["--profile", args.profile] if args.profile else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         print(f"{impl} {mode} {dtype} {batch}x{context} failed:\n{out.stderr[-2000:]}", flush=True)
@@ -324,6 +329,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="finetune-sst2: the shared data folder, "
                         "with gpt1_vocab/ and glue/SST-2/ (default %(default)s)")
     parser.add_argument("--compile", action="store_true", help="torch.compile gpt1's model (not the peer's)")
+    parser.add_argument("--command-settings", action="store_true", help="both sides with the process settings the "
+                        "gpt1 command's training commands make for themselves: glibc keeps freed memory for reuse "
+                        "and oneDNN at most 128 compiled kernels (gpt1.cli.keep_freed_memory, bound_kernel_cache); "
+                        "default: the libraries' own settings for both")
     parser.add_argument("--profile", metavar="DIR", help="also profile one gpt1 step per row: an operator table "
                         "(own time, input shapes) per row in DIR")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="GPU: the card's dense bf16 peak, for MFU")
@@ -364,10 +373,12 @@ def main() -> None:
         Path(args.out).write_text(json.dumps({"device": args.device, "threads": args.threads, "torch": torch.__version__,
                                               "transformers": transformers.__version__, "preset": args.preset,
                                               "compile": args.compile, "new_tokens": args.new_tokens,
+                                              "command_settings": args.command_settings,
                                               "matmul_flops_per_s": peaks, "rows": rows}, indent=2) + "\n")
 
     print(f"device {args.device}, {args.threads} threads, torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, preset {args.preset}")
+          f"{transformers.__version__}, preset {args.preset}"
+          + (", both sides with the gpt1 command's process settings" if args.command_settings else ""))
     print("matmul peak at the start: " + ", ".join(f"{d} {v / 1e9:.0f} GFLOP/s" for d, v in peaks.items()))
     header = f"{'mode':13s} {'dtype':5s} {'shape':7s} {'gpt1 tok/s':>11s} {'HF tok/s':>9s} {'ratio':>6s} " \
              f"{'gpt1 MiB':>9s} {'HF MiB':>8s} {'mem':>5s} {'FLOP/s vs matmul':>17s} {'1st step s':>10s}" \

@@ -667,10 +667,20 @@ def keep_freed_memory() -> bool:
     return mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
 
 
+def bound_kernel_cache(capacity: int = 128) -> None:
+    """Let oneDNN keep at most `capacity` compiled matrix kernels instead of its default 1,024. It compiles one
+    per shape, and fine-tuning's batches come in many lengths: on a CPU with AMX, bf16 fine-tuning on SST-2
+    batches reached 4,071 MiB peak RSS with the default and 3,263 MiB with 128, at the same speed (0 halves it:
+    every product compiles its kernel again). Process-wide, like keep_freed_memory; oneDNN reads it when it
+    compiles its first kernel. A capacity the user set in the environment is kept."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in TRAINING_COMMANDS:
         keep_freed_memory()
+        bound_kernel_cache()
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         return args.func(args) or 0

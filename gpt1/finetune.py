@@ -323,12 +323,14 @@ def predict_logits(model: TaskModel, encoded: list[Encoded], batch_size: int = 3
     device = next(model.parameters()).device
     outputs = []
     order = sorted(range(len(encoded)), key=lambda i: -max(map(len, encoded[i].sequences)))  # less padding
-    for start in range(0, len(order), batch_size):
-        chunk = [encoded[i] for i in order[start : start + batch_size]]
-        ids, lengths, _ = collate(chunk)
-        with autocast or contextlib.nullcontext():
+    # One autocast region for all batches: autocast casts each weight to bf16 once per region, which took 30% of
+    # a 512-token bf16 forward pass on CPU when done for every batch.
+    with autocast or contextlib.nullcontext():
+        for start in range(0, len(order), batch_size):
+            chunk = [encoded[i] for i in order[start : start + batch_size]]
+            ids, lengths, _ = collate(chunk)
             logits, _ = model(ids.to(device), lengths.to(device))
-        outputs.append(logits.float().cpu())
+            outputs.append(logits.float().cpu())
     logits = torch.cat(outputs)
     result = torch.empty_like(logits)
     result[torch.tensor(order)] = logits

@@ -441,7 +441,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             total += ((col_max + col_sum.log() - target_logit) * valid).sum()
             d_logits = probs.mul_(valid / col_sum)  # d(sum of CE)/d(logits) = softmax - one_hot; 0 if ignored
             d_logits[safe_t, tokens] -= valid.to(d_logits.dtype)
-            d_logits = d_logits.to(product_dtype)  # once for both products below, which autocast casts it for each
+            # Cast once for both products below (autocast would cast it for each). Under autocast that is a copy,
+            # and the fp32 logits are let go before the products: 166 MB less at the peak of a 1,024-token step.
+            d_logits = d_logits.to(product_dtype)
+            del logits, probs
             grad_h[i : i + chunk_tokens] = d_logits.t() @ weight  # (n, C)
             chunk_grad_w = d_logits @ hc  # (V, C)
             if grad_w is None:  # the first chunk's product as it is: no zero-filled (V, C) tensor to add it to

@@ -16,7 +16,8 @@ def test_bench_train_measures_every_mode_against_the_peer(tmp_path):
     out = tmp_path / "train.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--preset", "test", "--steps", "1",
            "--warmup", "1", "--threads", "1", "--device", "cpu", "--dtypes", "fp32", "--shapes", "2x16",
-           "--new-tokens", "4", "--repeats", "2", "--out", str(out), "--profile", str(tmp_path / "profiles")]
+           "--new-tokens", "4", "--repeats", "2", "--out", str(out), "--profile", str(tmp_path / "profiles"),
+           "--command-settings"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
@@ -26,7 +27,7 @@ def test_bench_train_measures_every_mode_against_the_peer(tmp_path):
     with_sst2 = (SHARED_DATA / "glue" / "SST-2").is_dir()  # real batches of 32 sentences, up to the context of 64
     assert set(rows) == expected | ({("finetune-sst2", 32, 64)} if with_sst2 else set())
     assert ("skipping finetune-sst2" in result.stdout) != with_sst2
-    assert report["new_tokens"] == 4
+    assert report["new_tokens"] == 4 and report["command_settings"] is True
     for row in rows.values():
         for impl in ("gpt1", "hf"):
             assert row[impl]["tokens_per_s"] > 0 and row[impl]["peak_mib"] > 0

@@ -456,11 +456,23 @@ def test_training_commands_keep_freed_memory_for_the_next_step():
     assert released_default > 200 and released_kept < 10
 
 
-def test_only_training_commands_change_the_allocator(tmp_path, monkeypatch, capsys):
+def test_only_training_commands_change_the_allocator_and_the_kernel_cache(tmp_path, monkeypatch, capsys):
     import gpt1.cli
 
     calls = []
-    monkeypatch.setattr(gpt1.cli, "keep_freed_memory", lambda: calls.append(True))
+    monkeypatch.setattr(gpt1.cli, "keep_freed_memory", lambda: calls.append("allocator"))
+    monkeypatch.setattr(gpt1.cli, "bound_kernel_cache", lambda: calls.append("kernels"))
     assert main(["finetune", "--out", str(tmp_path / "run")]) == 2  # no data given: a UserError, after the setting
     assert main(["glue-score", str(tmp_path / "absent")]) == 2
-    assert len(calls) == 1
+    assert calls == ["allocator", "kernels"]
+
+
+def test_the_kernel_cache_bound_keeps_a_capacity_the_user_set(monkeypatch):
+    from gpt1.cli import bound_kernel_cache
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    bound_kernel_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "128"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "2048")
+    bound_kernel_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "2048"

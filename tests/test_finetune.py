@@ -7,12 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gpt1.checkpoint import save_model
 from gpt1.datasets import TaskData
 from gpt1.finetune import (
     FinetuneConfig, InputTransform, TaskModel, accumulate_gradients, build_task_model, collate, finetune, finetune_lr,
-    length_groups, lm_targets, load_task_model,
+    length_groups, lm_targets, load_task_model, predict_logits,
 )
 from gpt1.model import GPT, GPTConfig
 from conftest import require_shared_data
@@ -103,6 +104,37 @@ def test_padding_changes_neither_the_task_logits_nor_the_lm_loss():
     long_ids, long_len, _ = collate(batch[1:])
     per_token = (alone_lm_loss * 3 + model(long_ids, long_len, lm_loss=True)[1] * 6) / 9  # 3 and 6 predicted tokens
     torch.testing.assert_close(lm_loss, per_token)
+
+
+class _CountWeightCasts(TorchDispatchMode):
+    """Counts the copies made of the given tensors with another dtype (autocast's casts of the weights)."""
+
+    def __init__(self, tensors):
+        super().__init__()
+        self.addresses, self.casts = {t.data_ptr() for t in tensors}, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._to_copy.default and args[0].data_ptr() in self.addresses:
+            self.casts += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_prediction_under_bf16_casts_each_weight_once_for_all_batches():
+    torch.manual_seed(0)
+    model = TaskModel(small_config(vocab_size=100), "classification", 3)
+    examples = [SimpleNamespace(sequences=[[1] + list(range(5, 5 + n)) + [3]], label=0) for n in range(10)]
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    with _CountWeightCasts(model.parameters()) as counted:
+        logits = predict_logits(model, examples, batch_size=4, autocast=autocast)
+    longest_first = examples[::-1]
+    expected, casts_per_batch = [], []
+    for start in range(0, 10, 4):  # the same batches, each in an autocast region of its own
+        ids, lengths, _ = collate(longest_first[start : start + 4])
+        with _CountWeightCasts(model.parameters()) as batch_counted, torch.no_grad(), autocast:
+            expected.append(model(ids, lengths)[0].float())
+        casts_per_batch.append(batch_counted.casts)
+    torch.testing.assert_close(logits, torch.cat(expected).flip(0), rtol=0, atol=0)
+    assert counted.casts == casts_per_batch[0] > 0 and sum(casts_per_batch) == 3 * counted.casts
 
 
 def _padded_tokens(groups):
