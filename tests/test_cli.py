@@ -241,13 +241,20 @@ def _swap_first_block_weight_and_bias(shapes):
 ])
 def test_convert_of_a_damaged_release_is_one_line_and_writes_nothing(tmp_path, capsys, damage, message):
     save_model(GPT(GPTConfig(vocab_size=97, n_positions=8, n_embd=64, n_layer=1, n_head=1)), tmp_path / "m")
-    code, _, err = run(capsys, "convert", "--from", "gpt1", "--to", "openai", tmp_path / "m", tmp_path / "release")
-    assert code == 0, err
-    damage(tmp_path / "release")
-    code, out, err = run(capsys, "convert", "--from", "openai", "--to", "gpt1", tmp_path / "release", tmp_path / "out")
-    assert code == 2 and not out
-    one_line_error(err, str(tmp_path / "release"), message)
+    _import_damaged_export(capsys, tmp_path, "openai", damage, message)
     assert not (tmp_path / "out").exists()
+
+
+def _import_damaged_export(capsys, tmp_path, layout, damage, message):
+    """Exports the model in tmp_path/m to `layout` in tmp_path/<layout>, damages it, and imports it back into
+    tmp_path/out: a one-line error naming the export and `message`."""
+    exported = tmp_path / layout
+    code, _, err = run(capsys, "convert", "--from", "gpt1", "--to", layout, tmp_path / "m", exported)
+    assert code == 0, err
+    damage(exported)
+    code, out, err = run(capsys, "convert", "--from", layout, "--to", "gpt1", exported, tmp_path / "out")
+    assert code == 2 and not out
+    one_line_error(err, str(exported), message)
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -260,12 +267,7 @@ def test_convert_of_a_damaged_release_is_one_line_and_writes_nothing(tmp_path, c
 def test_convert_of_a_damaged_hugging_face_folder_is_one_line_and_writes_nothing(vocab, tmp_path, capsys, damage,
                                                                                   message):
     save_model(GPT(GPTConfig(vocab_size=97, n_positions=8, n_embd=16, n_layer=1, n_head=2)), tmp_path / "m", vocab)
-    code, _, err = run(capsys, "convert", "--from", "gpt1", "--to", "hf", tmp_path / "m", tmp_path / "hf")
-    assert code == 0, err
-    damage(tmp_path / "hf")
-    code, out, err = run(capsys, "convert", "--from", "hf", "--to", "gpt1", tmp_path / "hf", tmp_path / "out")
-    assert code == 2 and not out
-    one_line_error(err, str(tmp_path / "hf"), message)
+    _import_damaged_export(capsys, tmp_path, "hf", damage, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "m"]  # no output, no staged tokenizer
 
 
