@@ -264,6 +264,9 @@ def load_weights_into(model: torch.nn.Module, state: dict[str, torch.Tensor], pa
     if missing or unexpected:
         raise UserError(f"{path}: weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     for name, tensor in state.items():
+        if not tensor.is_floating_point():  # load_state_dict would cast integers to the weights' floats silently
+            raise UserError(f"{path}: {name} holds {str(tensor.dtype).removeprefix('torch.')} values, not "
+                            "floating-point weights")
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise UserError(
                 f"{path}: {name} has shape {list(tensor.shape)} but the model expects {list(expected[name].shape)}"

@@ -240,6 +240,8 @@ def from_openai(src: Path) -> GPT:
             parts.append(np.load(shard, allow_pickle=False).reshape(-1))
         except (ValueError, OSError) as e:
             raise UserError(f"{shard}: not a numpy array file ({e})") from None
+        if parts[-1].dtype.kind != "f":  # concatenated with float shards, integers would become floats silently
+            raise UserError(f"{shard}: holds {parts[-1].dtype} values, not floating-point weights")
     flat = np.concatenate(parts)
     sizes = [int(np.prod(s)) for s in shapes]
     if flat.size != sum(sizes):

@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from gpt1.checkpoint import save_model
 from gpt1.cli import _raise_interrupted, build_parser, main
@@ -238,11 +241,18 @@ def _swap_first_block_weight_and_bias(shapes):
     (_damage_shapes(lambda s: s.__setitem__(0, [8.0, 64.0])), "shape 0 is [8.0, 64.0], not a list of positive"),
     (_damage_shapes(lambda s: s.__setitem__(0, [8, 64, 1])), "the first two shapes (positions, tokens) must be"),
     (_damage_shapes(_swap_first_block_weight_and_bias), "h0/attn/c_attn/w has shape [192], not [1, in, out]"),
+    (lambda release: np.save(release / "params_0.npy", np.load(release / "params_0.npy").astype(np.int64)),
+     "params_0.npy: holds int64 values, not floating-point weights"),
 ])
 def test_convert_of_a_damaged_release_is_one_line_and_writes_nothing(tmp_path, capsys, damage, message):
     save_model(GPT(GPTConfig(vocab_size=97, n_positions=8, n_embd=64, n_layer=1, n_head=1)), tmp_path / "m")
     _import_damaged_export(capsys, tmp_path, "openai", damage, message)
     assert not (tmp_path / "out").exists()
+
+
+def _weights_as_integers(path):
+    state = load_file(str(path))
+    save_file({name: tensor.to(torch.int64) for name, tensor in state.items()}, str(path))
 
 
 def _import_damaged_export(capsys, tmp_path, layout, damage, message):
@@ -263,6 +273,7 @@ def _import_damaged_export(capsys, tmp_path, layout, damage, message):
     # vocab.json
     (lambda hf: (hf / "merges.txt").write_bytes(b"\xff\xfe"), "merges.txt: not UTF-8"),
     (lambda hf: (hf / "vocab.json").write_text("nope"), "vocab.json: malformed JSON at line 1"),
+    (lambda hf: _weights_as_integers(hf / "model.safetensors"), "holds int64 values, not floating-point weights"),
 ])
 def test_convert_of_a_damaged_hugging_face_folder_is_one_line_and_writes_nothing(vocab, tmp_path, capsys, damage,
                                                                                   message):
