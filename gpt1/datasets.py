@@ -130,7 +130,7 @@ def _read_delimited(path: Path, delimiter: str, header: Sequence[str] | None = N
             if columns is None:
                 duplicates = sorted({name for name in record if record.count(name) > 1})
                 if duplicates:
-                    raise UserError(f"{path}:{start}: duplicate column name(s) {', '.join(duplicates)} in the header")
+                    raise UserError(f"{path}:{start}: duplicate column name(s) {', '.join(map(repr, duplicates))} in the header")
                 columns = record
             elif len(record) != len(columns):
                 raise UserError(f"{path}:{start}: expected {len(columns)} {separated} fields, found {len(record)}")

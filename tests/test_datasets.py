@@ -345,6 +345,9 @@ def test_user_task_uses_train_labels(tmp_path):
      r"a.jsonl:1: maximum recursion depth exceeded"),
     ("a.jsonl", '{"text": "x", "label": 1' + "0" * 5000 + "}\n", "classification", UserColumns(),
      r"a.jsonl:1: Exceeds the limit"),
+    ("a.csv", "text,label,text\nx,1,y\n", "classification", UserColumns(),
+     r"a.csv:1: duplicate column name\(s\) 'text' in the header"),
+    ("a.csv", ",\nx,y\n", "classification", UserColumns(), r"a.csv:1: duplicate column name\(s\) '' in the header"),
 ])
 def test_user_data_errors(tmp_path, name, text, kind, columns, message):
     path = write(tmp_path / name, text)
