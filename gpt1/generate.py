@@ -53,13 +53,14 @@ def generate(
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else torch.seed())
     n_ctx = model.config.n_positions
-    tokens = torch.tensor([prompt_ids] * num_samples, dtype=torch.long, device=device)  # (S, P)
-    tokens = tokens[:, -n_ctx:]
+    prompt = torch.tensor([prompt_ids[-n_ctx:]], dtype=torch.long, device=device)  # (1, P)
     dtype = next(model.parameters()).dtype
     if torch.is_autocast_enabled(device.type):  # keys and values come out of the autocast matmuls
         dtype = torch.get_autocast_dtype(device.type)
-    cache = KVCache(model.config, num_samples, device=device, dtype=dtype)
-    logits = model(tokens, cache)[:, -1]  # (S, V)
+    cache = KVCache(model.config, 1, device=device, dtype=dtype)
+    logits = model.next_token_logits(prompt, cache).expand(num_samples, -1)  # (S, V): the prompt encoded once
+    cache = cache.repeat(num_samples) if num_samples > 1 else cache
+    tokens = prompt.expand(num_samples, -1)  # (S, P)
     out = []
     for _ in range(max_new_tokens):
         if temperature == 0:
@@ -71,9 +72,9 @@ def generate(
         tokens = torch.cat([tokens, next_id], dim=1)
         if cache.length == n_ctx:  # full: re-encode the recent half context
             cache = KVCache(model.config, num_samples, device=device, dtype=dtype)
-            logits = model(tokens[:, -(n_ctx // 2) :], cache)[:, -1]
+            logits = model.next_token_logits(tokens[:, -(n_ctx // 2) :], cache)
         else:
-            logits = model(next_id, cache)[:, -1]
+            logits = model.next_token_logits(next_id, cache)
     return torch.cat(out, dim=1).tolist() if out else [[] for _ in range(num_samples)]
 
 

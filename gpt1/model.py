@@ -89,6 +89,15 @@ class KVCache:
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def repeat(self, n: int) -> KVCache:
+        """n copies of this one-sequence cache: n samples from one prompt encode the prompt once."""
+        if self.k.size(1) != 1:
+            raise ValueError(f"only a cache of one sequence can be repeated, this one holds {self.k.size(1)}")
+        copies = KVCache.__new__(KVCache)
+        copies.k, copies.v = self.k.repeat(1, n, 1, 1, 1), self.v.repeat(1, n, 1, 1, 1)
+        copies.length = self.length
+        return copies
+
 
 def keep_mask(shape: torch.Size, p: float, device=None) -> torch.Tensor:
     """Bernoulli(1 - p) booleans: each is a uniform 32-bit integer at or above the p-quantile (exact to 2^-32).
@@ -328,6 +337,11 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """LM logits (B, T, vocab_size) through the head tied to the token embedding."""
         return linear(self.hidden_states(idx, cache), self.tokens_embed.weight)
+
+    def next_token_logits(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """LM logits (B, vocab_size) at the last position only: what sampling needs, without the head's product
+        and the (B, T, vocab_size) logits of every other position."""
+        return linear(self.hidden_states(idx, cache)[:, -1], self.tokens_embed.weight)
 
     def lm_loss(self, idx: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
         """Mean next-token cross-entropy; targets (B, T) are the ids that follow idx, ignore_index masks padding."""

@@ -5,7 +5,7 @@ import torch
 
 from gpt1.errors import UserError
 from gpt1.generate import filter_logits, generate
-from gpt1.model import GPT, GPTConfig
+from gpt1.model import GPT, GPTConfig, KVCache
 
 
 def model(n_positions=32):
@@ -49,6 +49,27 @@ def test_same_seed_same_sample_and_different_seed_different_sample():
 def test_top_k_one_is_greedy():
     m = model()
     assert generate(m, [4, 5], 8, top_k=1, seed=1) == generate(m, [4, 5], 8, temperature=0)
+
+
+def test_samples_of_one_prompt_share_its_encoding_and_match_separate_runs():
+    m = model()
+    batch_sizes = []
+    m.h[0].register_forward_hook(lambda module, args, out: batch_sizes.append(out.size(0)))
+    prompt = [5, 9, 2, 30, 8]
+    greedy = generate(m, prompt, 6, temperature=0, num_samples=3)
+    assert batch_sizes[0] == 1 and set(batch_sizes[1:]) == {3}  # the prompt once, then the 3 samples together
+    assert greedy == generate(m, prompt, 6, temperature=0) * 3
+    # the repeated cache holds what encoding the prompt in every row gives
+    cache = KVCache(m.config, 1)
+    with torch.no_grad():
+        m.next_token_logits(torch.tensor([prompt]), cache)
+        repeated = cache.repeat(3)
+        separate = KVCache(m.config, 3)
+        m(torch.tensor([prompt] * 3), separate)
+        torch.testing.assert_close(m.next_token_logits(torch.tensor([[4], [7], [1]]), repeated),
+                                   m(torch.tensor([[4], [7], [1]]), separate)[:, -1])
+    with pytest.raises(ValueError, match="only a cache of one sequence"):
+        separate.repeat(2)
 
 
 def test_generation_continues_past_the_context_length():
