@@ -166,6 +166,28 @@ def _columns(args, recorded: dict | None = None):
     return dataclasses.replace(base, **given)
 
 
+_TEXT_B_IS_FOR_PAIRS = ("--text-b is for entailment, similarity and regression (join the texts into one column to "
+                        "classify them together)")
+
+
+def _model_columns(args, info: dict):
+    """The columns of the user's file for a fine-tuned model: `_columns` on top of those it was trained from,
+    refused where they would give it inputs of another form than it learnt (two texts for one, or one for two)."""
+    columns = _columns(args, info.get("columns"))
+    if info["kind"] == "classification" and args.text_b:
+        raise UserError(f"{args.model} is a classification model, which reads one text column; {_TEXT_B_IS_FOR_PAIRS}")
+    if info["kind"] == "regression":
+        recorded = info.get("columns")
+        trained_on_pairs = recorded is None or recorded.get("text_b") is not None  # None: STS-B, pairs
+        if trained_on_pairs and columns.text_b is None:
+            raise UserError(f"{args.model} was fine-tuned on two texts per input: name the second one's column "
+                            f"with --text-b")
+        if not trained_on_pairs and columns.text_b is not None:
+            raise UserError(f"{args.model} was fine-tuned on one text per input: --text-b {args.text_b} would give "
+                            f"it two")
+    return columns
+
+
 def _load_task(args):
     from .datasets import load_benchmark, load_user_task
 
@@ -176,8 +198,7 @@ def _load_task(args):
     if not (args.task and args.train):
         raise UserError("give either --benchmark NAME --data PATH, or --task KIND --train FILE [--dev FILE]")
     if args.task == "classification" and args.text_b:
-        raise UserError("--task classification reads one text column; --text-b is for entailment, similarity "
-                        "and regression (join the texts into one column to classify them together)")
+        raise UserError(f"--task classification reads one text column; {_TEXT_B_IS_FOR_PAIRS}")
     return load_user_task(args.name or Path(args.train).stem, args.task, train=args.train, dev=args.dev,
                           test=args.test, columns=_columns(args))
 
@@ -277,7 +298,7 @@ def cmd_evaluate(args) -> None:
     else:
         if args.split:
             raise UserError(f"--split {args.split}: only for --benchmark; {args.data} is scored whole")
-        data = load_user_data(args.data, info["kind"], _columns(args, info.get("columns")),
+        data = load_user_data(args.data, info["kind"], _model_columns(args, info),
                               label_names=info["label_names"])
         examples, metrics = data.examples, info["metrics"]
     scores, _, cut = score_split(model, info, tokenizer, examples, metrics)
@@ -298,7 +319,7 @@ def cmd_predict(args) -> None:
     if args.out:
         check_output_file(args.out, inputs=[args.file])
     model, info, tokenizer = _task_model_and_tokenizer(args.model)
-    columns = _columns(args, info.get("columns"))
+    columns = _model_columns(args, info)
     if args.file is not None:
         data = load_user_data(args.file, info["kind"], columns, label_names=info["label_names"], require_label=False)
     else:  # stdin: JSON lines, read through a temporary file that errors call <stdin>

@@ -11,20 +11,49 @@ from gpt1.model import GPTConfig
 from conftest import one_line, require_shared_data, run
 
 
-@pytest.fixture
-def sst2_model(tmp_path):
-    """A (untrained) model saved as `gpt1 finetune` saves one fine-tuned on SST-2: 2 classes, "0" and "1"."""
+def saved_task_model(folder, info: dict):
+    """An untrained model with the GPT-1 vocabulary, saved as `gpt1 finetune` saves one with this task.json."""
     import torch
 
     from gpt1.finetune import TaskModel, save_task_model
 
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=40478 + 3, n_positions=48, n_embd=16, n_layer=1, n_head=2)
-    info = {"name": "sst2", "kind": "classification", "label_names": ["0", "1"], "metrics": ["accuracy"],
-            "n_outputs": 2, "max_len": 48, "columns": None}
-    save_task_model(TaskModel(config, "classification", 2), info, None, tmp_path / "ft" / "model")
-    copy_tokenizer(require_shared_data("gpt1_vocab"), tmp_path / "ft" / "model" / "tokenizer")
-    return tmp_path / "ft"
+    info = {"metrics": ["accuracy"], "max_len": 48, "columns": None, **info}
+    save_task_model(TaskModel(config, info["kind"], info["n_outputs"]), info, None, folder / "model")
+    copy_tokenizer(require_shared_data("gpt1_vocab"), folder / "model" / "tokenizer")
+    return folder
+
+
+@pytest.fixture
+def sst2_model(tmp_path):
+    """A model saved as one fine-tuned on SST-2: 2 classes, "0" and "1"."""
+    return saved_task_model(tmp_path / "ft", {"name": "sst2", "kind": "classification", "label_names": ["0", "1"],
+                                              "n_outputs": 2})
+
+
+def test_a_second_text_is_refused_for_a_model_that_learnt_one_and_required_for_one_that_learnt_two(
+        sst2_model, tmp_path, capsys):
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("text,text_b,label\na cat sat .,a dog ran .,1\n")
+    for command in (["evaluate", "--data", pairs], ["predict", pairs]):
+        code, out, err = run(capsys, command[0], "--model", sst2_model, *command[1:], "--text-b", "text_b")
+        assert code == 2 and not out
+        assert f"{sst2_model} is a classification model, which reads one text column; --text-b is for" in one_line(err)
+
+    regression = {"kind": "regression", "label_names": None, "n_outputs": 1, "metrics": ["pearson"]}
+    one_text = saved_task_model(tmp_path / "one", {**regression, "name": "scores",
+                                                   "columns": {"text": "text", "text_b": None, "label": "label"}})
+    code, out, err = run(capsys, "evaluate", "--model", one_text, "--data", pairs, "--text-b", "text_b")
+    assert code == 2 and f"{one_text} was fine-tuned on one text per input: --text-b text_b would give it two" \
+        in one_line(err)
+    code, out, err = run(capsys, "predict", "--model", one_text, pairs)  # its own columns: one text, scored
+    assert code == 0 and out.count("prediction") == 1, err
+
+    stsb = saved_task_model(tmp_path / "stsb", {**regression, "name": "stsb"})  # a benchmark's: pairs
+    code, out, err = run(capsys, "predict", "--model", stsb, pairs, "--text-b", "")
+    assert code == 2 and f"{stsb} was fine-tuned on two texts per input: name the second one's column with " \
+        "--text-b" in one_line(err)
 
 
 def test_evaluate_refuses_a_benchmark_of_another_kind_or_other_classes_than_the_models(sst2_model, tmp_path, capsys):
