@@ -18,6 +18,7 @@ import math
 import operator
 import re
 import string
+import sys
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -152,6 +153,14 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+def _json_int(digits: str) -> int:
+    """An integer of JSON, refused in the user's terms past the length Python converts (4,300 digits by default)."""
+    limit = sys.get_int_max_str_digits()
+    if limit and len(digits.lstrip("-")) > limit:
+        raise ValueError(f"an integer of {len(digits.lstrip('-')):,} digits; at most {limit:,} are read")
+    return int(digits)
+
+
 def _read_jsonl(path: Path) -> _Table:
     """JSON Lines: one object per non-blank line."""
     rows = []
@@ -159,11 +168,13 @@ def _read_jsonl(path: Path) -> _Table:
         if not line.strip():
             continue
         try:
-            value = json.loads(line, object_pairs_hook=_unique_keys)
+            value = json.loads(line, object_pairs_hook=_unique_keys, parse_int=_json_int)
         except json.JSONDecodeError as error:
             raise UserError(f"{path}:{number}: invalid JSON: {error.msg} (column {error.colno})") from None
-        except (ValueError, RecursionError) as error:  # duplicate keys, an integer of 4,300+ digits, deep nesting
+        except ValueError as error:  # duplicate keys, an integer too long to read
             raise UserError(f"{path}:{number}: {error}") from None
+        except RecursionError:
+            raise UserError(f"{path}:{number}: JSON nested too deeply to read") from None
         if not isinstance(value, dict):
             raise UserError(f"{path}:{number}: expected a JSON object, found {type(value).__name__}")
         rows.append(_Row(value, f"{path}:{number}"))
