@@ -30,7 +30,7 @@ from .datasets import load_benchmark
 from .errors import Interrupted, UserError
 from .finetune import FinetuneConfig, finetune, load_task_model, score_split
 from .plots import grouped_bar_plot, line_plot
-from .results import model_folder, read_report, settings_difference, write_csv_atomic
+from .results import model_folder, read_report, settings_difference, weights_stamp, write_csv_atomic
 from .tokenizer import load_tokenizer
 
 
@@ -76,7 +76,7 @@ def subsample(examples: list, n: int, seed: int) -> list:
 @dataclass(frozen=True)
 class Run:
     """One fine-tuning of an analysis: its task, its settings and its folder. `settings` are everything that
-    decides its numbers (the model's absolute path, the task's data folder and subset sizes, every fine-tuning
+    decides its numbers (the model's absolute path and `weights_stamp`, the task's data folder and subset sizes, every fine-tuning
     setting); they are recorded in its report.json, which is reused only by a run with equal settings."""
 
     plan: TaskPlan
@@ -89,7 +89,8 @@ class Run:
 def make_run(plan: TaskPlan, data_root: Path, model: Path, n_positions: int, config: FinetuneConfig, run_dir: Path,
              labels: dict) -> Run:
     config = replace(config, max_len=min(plan.max_len, n_positions))  # a shorter model context truncates more
-    settings = {"model": str(Path(model).resolve()), "data": str((Path(data_root) / plan.folder).resolve()),
+    settings = {"model": str(Path(model).resolve()), "weights": weights_stamp(model),
+                "data": str((Path(data_root) / plan.folder).resolve()),
                 "train_subset": plan.train, "dev_subset": plan.dev, "test_subset": plan.test, **asdict(config)}
     return Run(plan, config, Path(run_dir), labels, settings)
 

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, resolve_model_dir, write_bytes_atomic
@@ -66,6 +67,15 @@ def settings_difference(recorded, expected: dict) -> str:
     names = [k for k in expected if recorded.get(k, "<none>") != expected[k]]
     names += [k for k in recorded if k not in expected]
     return ", ".join(f"{k} {recorded.get(k, '<none>')} -> {expected.get(k, '<none>')}" for k in names)
+
+
+def weights_stamp(model_dir: Path) -> str:
+    """The size and modification time of a model folder's weights: a model written again at the same path (a
+    run pre-trained anew into the same folder) gets another stamp, so results scored from the old weights are
+    not taken for its own."""
+    stat = (Path(model_dir) / WEIGHTS_FILE).stat()
+    modified = datetime.fromtimestamp(stat.st_mtime_ns // 1000 / 1e6, tz=timezone.utc).isoformat()
+    return f"{stat.st_size:,} bytes, modified {modified}"
 
 
 def model_folder(path: Path) -> Path:

@@ -44,7 +44,7 @@ from .errors import UserError
 from .metrics import accuracy, mcc
 from .model import GPT, linear
 from .plots import lines_and_bars_figure, save_figure
-from .results import model_folder, settings_difference, write_csv_atomic
+from .results import model_folder, settings_difference, weights_stamp, write_csv_atomic
 from .tokenizer import load_tokenizer
 
 
@@ -301,9 +301,10 @@ def run_zero_shot(paths: Sequence[Path], tasks: Sequence[str], out: Path, *, dat
                   winograd: Path | None = None, limit: int = 500, seed: int = 0, device: str | None = None,
                   progress: bool = True) -> list[dict]:
     """Evaluate each heuristic on each model; rows go to <out>/zeroshot.jsonl as they finish, then zeroshot.csv
-    and zeroshot.png are written from all rows. Each row records its model's absolute path and the settings of
-    its task (`task_settings`); a rerun skips the (model, task) pairs already there, and refuses an --out whose
-    rows of these tasks were scored with other settings. Every input is checked before --out is touched.
+    and zeroshot.png are written from all rows. Each row records its model's absolute path and `weights_stamp`
+    and the settings of its task (`task_settings`); a rerun skips the (model, task) pairs already there, and
+    refuses an --out whose rows of these tasks were scored with other settings or of these models from other
+    weights. Every input is checked before --out is touched.
     `device`: default cuda when available."""
     unknown = [name for name in tasks if name not in HEURISTICS]
     if unknown:
@@ -322,6 +323,12 @@ def run_zero_shot(paths: Sequence[Path], tasks: Sequence[str], out: Path, *, dat
             if difference:
                 raise UserError(f"{results_path}:{number}: {row['task']} was scored with other settings "
                                 f"({difference}); one --out holds one setting per task, so choose another --out")
+    stamps = {str(model_dir): weights_stamp(model_dir) for model_dir, _, _ in models}
+    for number, row in numbered:
+        if row["model"] in stamps and row.get("weights") != stamps[row["model"]]:
+            raise UserError(f"{results_path}:{number}: {row['model']} was scored from other weights (weights "
+                            f"{row.get('weights', '<none>')} -> {stamps[row['model']]}); one --out holds one set of "
+                            f"weights per model folder, so choose another --out")
     rows = [row for _, row in numbered]
     make_run_folder(out)
     if results_path.exists():
@@ -333,7 +340,7 @@ def run_zero_shot(paths: Sequence[Path], tasks: Sequence[str], out: Path, *, dat
         if loaded is None or loaded[0] != model_dir:
             loaded = (model_dir, load_model(model_dir, device), load_tokenizer(required_tokenizer_dir(model_dir)))
         model, tokenizer = loaded[1:]
-        row = {"run": run, "model": str(model_dir), "update": update,
+        row = {"run": run, "model": str(model_dir), "weights": stamps[str(model_dir)], "update": update,
                **evaluate_heuristic(model, tokenizer, task, *examples[task]), "settings": settings[task]}
         with open(results_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")

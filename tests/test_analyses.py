@@ -83,6 +83,12 @@ def test_ablation_reuses_a_run_only_for_the_same_model_and_settings(tmp_path, ca
     assert f"note: {report}: malformed JSON at line 1" in err and "Traceback" not in err
     assert json.loads(report.read_text())["settings"] == settings
 
+    # other weights at the same path (pre-trained again into the same folder): refused, not reused
+    tiny_model(tmp_path / "pretrained", seed=2)
+    code, _, err = run(capsys, *args)
+    line = one_line(err)
+    assert code == 2 and f"{report}: made with other settings (weights {settings['weights']} -> " in line, line
+
 
 def test_layer_transfer_refuses_runs_of_other_settings_and_plots_whole_numbers_of_blocks(tmp_path, capsys):
     model = tiny_model(tmp_path / "pretrained")
@@ -212,6 +218,15 @@ def test_zero_shot_reuses_rows_only_for_the_same_settings_and_keys_models_by_abs
     results.write_text("[1, 2]\n" + before.decode())
     code, _, err = run(capsys, *[{"model": "../model", "data": "../data"}.get(a, a) for a in args])
     assert code == 2 and f"{results}:1: not a zero-shot result" in one_line(err)
+    results.write_bytes(before)
+
+    # other weights written to the same folder: its row is not taken for theirs
+    tiny_model(tmp_path / "model", seed=1)
+    code, _, err = run(capsys, *[{"model": "../model", "data": "../data"}.get(a, a) for a in args])
+    line = one_line(err)
+    assert code == 2 and f"{results}:1: {model.resolve()} was scored from other weights (weights {row['weights']} -> " \
+        in line and "choose another --out" in line, line
+    assert results.read_bytes() == before
 
 
 def test_zero_shot_checks_its_inputs_before_creating_its_output(tmp_path, capsys):
