@@ -12,8 +12,9 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$out/
 # Dense bf16 peak of the H100 SXM and the H200 (NVIDIA's datasheets, without sparsity), for MFU.
 peak=989
 bench() { python3 benchmarks/bench_train.py --device cuda --peak-tflops $peak --steps 10 --warmup 3 "$@" 2>&1 | tee -a "$out/gpu.log"; }
-# The paper's context, bf16 autocast, dropout 0.1: the pre-training step at two batch sizes.
-bench --dtypes bf16 --modes train --shapes 8x512 32x512 --out "$out/gpu-train.json"
+# The paper's context, bf16 autocast, dropout 0.1: the pre-training step at two batch sizes, each with one
+# profiled eager step (where the eager step's time goes, besides the launches; tables in $out/profiles/).
+bench --dtypes bf16 --modes train --shapes 8x512 32x512 --profile "$out/profiles" --out "$out/gpu-train.json"
 # torch.compile of gpt1 (the peer stays eager); the first-step column is the compile time.
 bench --dtypes bf16 --modes train finetune --shapes 32x512 --compile --out "$out/gpu-compile.json"
 # Where the compiled step's time goes: one profiled gpt1 step, operator table in $out/profiles/.
