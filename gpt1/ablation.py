@@ -30,6 +30,7 @@ from .datasets import load_benchmark
 from .errors import Interrupted, UserError
 from .finetune import FinetuneConfig, finetune, load_task_model, score_split
 from .plots import grouped_bar_plot, line_plot
+from .pretrain import autocast_for, pick_device
 from .results import model_folder, read_report, settings_difference, weights_stamp, write_csv_atomic
 from .tokenizer import load_tokenizer
 
@@ -145,9 +146,10 @@ def run_task(run: Run, data_root: Path, model: Path, tokenizer, tokenizer_dir: P
            "dev": results["dev_examples"], "best_epoch": results["best_epoch"],
            **{f"dev_{k}": v for k, v in results["dev"].items()}, "truncated_train": results["truncated"]["train"]}
     if plan.test and task.splits.get("test"):
-        task_model, info = load_task_model(run_dir)
+        device = pick_device(None)  # where `finetune` trained it
+        task_model, info = load_task_model(run_dir, device)
         test = subsample(task.splits["test"], plan.test, config.seed)
-        scores, _, _ = score_split(task_model, info, tokenizer, test, task.metrics)
+        scores, _, _ = score_split(task_model, info, tokenizer, test, task.metrics, autocast_for(device, config.dtype))
         row.update({"test": len(test), **{f"test_{k}": v for k, v in scores.items()}})
     row["seconds"] = round(time.time() - started, 1)
     row["settings"] = run.settings

@@ -111,7 +111,7 @@ def cmd_generate(args) -> None:
     from .pretrain import pick_device
     from .tokenizer import load_tokenizer
 
-    model = load_model(args.model, device=pick_device(args.device or "cpu"))
+    model = load_model(args.model, device=pick_device(args.device))
     tokenizer_dir = args.tokenizer or tokenizer_dir_of(args.model)
     if tokenizer_dir is None:
         raise UserError(f"{args.model}: holds no tokenizer/ folder; pass --tokenizer DIR")
@@ -241,19 +241,22 @@ def cmd_finetune(args) -> int:
     if results["interrupted"]:  # the other splits are left unscored: the user asked to stop
         print(f"{task.name}: interrupted at update {results['history'][-1]['update']}; {summary}")
         return 128 + results["stop_signal"]
-    results["other_splits"] = evaluate_other_splits(task, tokenizer, Path(args.out))
+    results["other_splits"] = evaluate_other_splits(task, tokenizer, Path(args.out), args.device, config.dtype)
     write_json_atomic(Path(args.out) / RESULTS_FILE, results)
     print(f"{task.name}: {summary}")
     return 0
 
 
-def _task_model_and_tokenizer(model_dir):
+def _task_model_and_tokenizer(args):
+    """The fine-tuned model of --model on --device, its task.json, its tokenizer, and the autocast of --dtype."""
     from .checkpoint import required_tokenizer_dir
     from .finetune import load_task_model, task_model_dir
+    from .pretrain import autocast_for, pick_device
     from .tokenizer import load_tokenizer
 
-    model, info = load_task_model(Path(model_dir))
-    return model, info, load_tokenizer(required_tokenizer_dir(task_model_dir(model_dir)))
+    device = pick_device(args.device)
+    model, info = load_task_model(Path(args.model), device)
+    return model, info, load_tokenizer(required_tokenizer_dir(task_model_dir(args.model))), autocast_for(device, args.dtype)
 
 
 def _check_model_fits(model_dir, info: dict, task) -> None:
@@ -282,7 +285,7 @@ def cmd_evaluate(args) -> None:
 
     if args.out:  # checked now, not after the work; never the file being read
         check_output_file(args.out, inputs=[args.data])
-    model, info, tokenizer = _task_model_and_tokenizer(args.model)
+    model, info, tokenizer, autocast = _task_model_and_tokenizer(args)
     if args.benchmark:
         task = load_benchmark(args.benchmark, args.data)
         _check_model_fits(args.model, info, task)
@@ -301,7 +304,7 @@ def cmd_evaluate(args) -> None:
         data = load_user_data(args.data, info["kind"], _model_columns(args, info),
                               label_names=info["label_names"])
         examples, metrics = data.examples, info["metrics"]
-    scores, _, cut = score_split(model, info, tokenizer, examples, metrics)
+    scores, _, cut = score_split(model, info, tokenizer, examples, metrics, autocast, progress=True)
     report = {"data": str(args.data), "examples": len(examples), "truncated": cut, **scores}
     print(json.dumps(report, indent=2))
     if args.out:
@@ -318,7 +321,7 @@ def cmd_predict(args) -> None:
 
     if args.out:
         check_output_file(args.out, inputs=[args.file])
-    model, info, tokenizer = _task_model_and_tokenizer(args.model)
+    model, info, tokenizer, autocast = _task_model_and_tokenizer(args)
     columns = _model_columns(args, info)
     if args.file is not None:
         data = load_user_data(args.file, info["kind"], columns, label_names=info["label_names"], require_label=False)
@@ -331,8 +334,8 @@ def cmd_predict(args) -> None:
                                       require_label=False)
             except UserError as error:
                 raise UserError(str(error).replace(str(source), "<stdin>")) from None
-    encoded, cut = encode_examples(data.examples, InputTransform(tokenizer, info["kind"], info["max_len"]))
-    logits = predict_logits(model, encoded)
+    encoded, cut = encode_examples(data.examples, InputTransform(tokenizer, info["kind"], info["max_len"]), True)
+    logits = predict_logits(model, encoded, autocast=autocast, progress=True)
     rows = []
     for example, row in zip(data.examples, logits):
         if info["kind"] == "regression":
@@ -546,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--init-from", type=Path, help="start from these pre-trained weights (a model, checkpoint or run folder) with fresh "
                         "optimizer state and schedule; the model must use the tokenizer --data was prepared with")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    _add_device_option(p)
     from .pretrain import PretrainConfig
 
     _add_config_options(p, PretrainConfig, [f.name for f in _scalar_fields()],
@@ -564,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1.0 = off")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--device", default=None)
+    _add_device_option(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("convert", help="convert weights between layouts")
@@ -582,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="folder for the fine-tuned model, results.json, metrics")
     p.add_argument("--tokenizer", type=Path, help="default: the model folder's tokenizer/")
     p.add_argument("--preset", help="model size with --from-scratch and no --model (default gpt1)")
-    p.add_argument("--device", default=None)
+    _add_device_option(p)
     _add_task_arguments(p, with_task=True)
     _add_finetune_settings(p)
     p.set_defaults(func=cmd_finetune)
@@ -636,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score a seeded sample of this many examples per task; 0 = all (default %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="of the --limit sample (and of cola's threshold sample) (default %(default)s)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    _add_device_option(p)
     p.set_defaults(func=cmd_zero_shot)
 
     from .datasets import BENCHMARKS
@@ -649,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
                         + "; the model must have been fine-tuned on a task of its kind and classes")
     p.add_argument("--split", help="labelled benchmark split (default dev); your own file is one split already")
     p.add_argument("--out", help="also write the scores to this JSON file")
+    _add_inference_options(p)
     _add_task_arguments(p, with_task=False)
     p.set_defaults(func=cmd_evaluate)
 
@@ -656,6 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, type=Path, help="folder written by `gpt1 finetune`")
     p.add_argument("file", nargs="?", help="CSV/TSV/JSONL with the model's input columns (default: JSONL on stdin)")
     p.add_argument("--out", help="output file, .csv or .jsonl (default: JSONL on stdout)")
+    _add_inference_options(p)
     _add_task_arguments(p, with_task=False)
     p.set_defaults(func=cmd_predict)
 
@@ -668,6 +673,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="working folder (default runs/demo)")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+
+
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    _add_device_option(p)
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="fp32 (default), or bf16 autocast: faster on GPUs and on CPUs with AMX or AVX512-BF16 "
+                        "(others emulate it slowly); scores can differ from fp32's in the last digits")
 
 
 TRAINING_COMMANDS = ("pretrain", "finetune", "ablation", "layer-transfer", "demo")

@@ -318,11 +318,16 @@ def encode_examples(examples, transform: InputTransform, progress: bool = False)
 
 
 @torch.no_grad()
-def predict_logits(model: TaskModel, encoded: list[Encoded], batch_size: int = 32, autocast=None) -> torch.Tensor:
+def predict_logits(model: TaskModel, encoded: list[Encoded], batch_size: int = 32, autocast=None,
+                   progress: bool = False) -> torch.Tensor:
+    """The model's outputs (n_examples, n_outputs) for encoded examples, on the model's device, under `autocast`
+    when given; `progress` shows a bar counting the examples' tokens (padding not counted)."""
     model.eval()
     device = next(model.parameters()).device
     outputs = []
     order = sorted(range(len(encoded)), key=lambda i: -max(map(len, encoded[i].sequences)))  # less padding
+    bar = tqdm(total=sum(len(seq) for example in encoded for seq in example.sequences), desc="predict", unit="tok",
+               unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True)
     # One autocast region for all batches: autocast casts each weight to bf16 once per region, which took 30% of
     # a 512-token bf16 forward pass on CPU when done for every batch.
     with autocast or contextlib.nullcontext():
@@ -331,6 +336,8 @@ def predict_logits(model: TaskModel, encoded: list[Encoded], batch_size: int = 3
             ids, lengths, _ = collate(chunk)
             logits, _ = model(ids.to(device), lengths.to(device))
             outputs.append(logits.float().cpu())
+            bar.update(sum(len(seq) for example in chunk for seq in example.sequences))
+    bar.close()
     logits = torch.cat(outputs)
     result = torch.empty_like(logits)
     result[torch.tensor(order)] = logits
@@ -384,7 +391,7 @@ def finetune(
     """Fine-tune on task.splits["train"], pick the best epoch on task.splits["dev"] (by the task's first
     metric), save that model to out_dir with task.json and results.json, and return the results."""
     from .metrics import compute_metrics
-    from .pretrain import StopRequest, decoupled_adam, pick_device
+    from .pretrain import StopRequest, autocast_for, decoupled_adam, pick_device
 
     out_dir = Path(out_dir)
     if "train" not in task.splits or not task.splits["train"]:
@@ -412,7 +419,7 @@ def finetune(
     dev_ = pick_device(device)
     model.to(dev_)
     optimizer = decoupled_adam(model, config.lr, config.weight_decay)
-    autocast = torch.autocast(dev_.type, dtype=torch.bfloat16) if config.dtype == "bf16" else contextlib.nullcontext()
+    autocast = autocast_for(dev_, config.dtype)
     micro = min(config.micro_batch, config.batch_size)
     updates_per_epoch = math.ceil(len(train) / config.batch_size)
     total = updates_per_epoch * config.epochs
@@ -534,29 +541,35 @@ def load_task_model(directory: Path, device: str = "cpu") -> tuple[TaskModel, di
     return model.to(device).eval(), info
 
 
-def score_split(model: TaskModel, info: dict, tokenizer, examples, metrics: list[str]) -> tuple[dict, list, int]:
+def score_split(model: TaskModel, info: dict, tokenizer, examples, metrics: list[str], autocast=None,
+                progress: bool = False) -> tuple[dict, list, int]:
     """Metrics (when every example is labelled), predictions and the truncation count of one split."""
     from .metrics import compute_metrics
 
-    encoded, cut = encode_examples(examples, InputTransform(tokenizer, info["kind"], info["max_len"]))
-    logits = predict_logits(model, encoded)
+    encoded, cut = encode_examples(examples, InputTransform(tokenizer, info["kind"], info["max_len"]), progress)
+    logits = predict_logits(model, encoded, autocast=autocast, progress=progress)
     predictions = logits_to_predictions(logits, info["kind"])
     labels = [ex.label for ex in examples]
     scores = compute_metrics(metrics, predictions, labels) if all(l is not None for l in labels) else {}
     return scores, predictions, cut
 
 
-def evaluate_other_splits(task, tokenizer, out_dir: Path) -> dict:
+def evaluate_other_splits(task, tokenizer, out_dir: Path, device: str | None = None, dtype: str = "fp32",
+                          progress: bool = True) -> dict:
     """After training: score every labelled split besides train/dev (MNLI mismatched, RACE middle/high, test
-    sets with labels) and write GLUE submission files for unlabelled GLUE test sets."""
+    sets with labels) and write GLUE submission files for unlabelled GLUE test sets; on `device` (default: cuda
+    when available) in `dtype`, as the model was fine-tuned."""
     from .datasets import glue_submission_filename, write_glue_submission
+    from .pretrain import autocast_for, pick_device
 
-    model, info = load_task_model(out_dir)
+    device = pick_device(device)
+    model, info = load_task_model(out_dir, device)
     results = {}
     for split, examples in task.splits.items():
         if split in ("train", "dev") or not examples:
             continue
-        scores, predictions, cut = score_split(model, info, tokenizer, examples, task.metrics)
+        scores, predictions, cut = score_split(model, info, tokenizer, examples, task.metrics,
+                                               autocast_for(device, dtype), progress)
         if scores:
             results[split] = {**scores, "examples": len(examples), "truncated": cut}
             tqdm.write(f"{task.name} {split}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))

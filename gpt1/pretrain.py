@@ -305,6 +305,11 @@ def pick_device(name: str | None) -> torch.device:
     return device
 
 
+def autocast_for(device: torch.device, dtype: str):
+    """bf16 autocast on `device` for the setting dtype "bf16"; a context that changes nothing for "fp32"."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+
+
 def pretrain(
     config: PretrainConfig,
     data_dir: Path,
@@ -476,7 +481,7 @@ def _train(config, run: RunStart, out_dir, dev, ddp, progress, max_updates_this_
     synced = loss_module if isinstance(loss_module, nn.parallel.DistributedDataParallel) else model
     if config.compile:
         loss_module = torch.compile(loss_module)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if config.dtype == "bf16" else contextlib.nullcontext()
+    autocast = autocast_for(dev, config.dtype)
 
     val_starts = validation_starts(len(data.val), context, config.eval_windows)
     window_digest = hashlib.sha256()

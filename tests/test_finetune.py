@@ -137,6 +137,37 @@ def test_prediction_under_bf16_casts_each_weight_once_for_all_batches():
     assert counted.casts == casts_per_batch[0] > 0 and sum(casts_per_batch) == 3 * counted.casts
 
 
+class _MatrixProductDtypes(TorchDispatchMode):
+    """The dtypes of the matrix products that run (bf16 under autocast, fp32 without)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default):
+            self.dtypes.add(args[-1].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype, product_dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_other_splits_are_scored_in_the_dtype_of_fine_tuning(tokenizer, tmp_path, capsys, dtype, product_dtype):
+    from gpt1.finetune import evaluate_other_splits, save_task_model
+
+    torch.manual_seed(0)
+    info = {"name": "mine", "kind": "classification", "label_names": ["bad", "good"], "n_outputs": 2,
+            "metrics": ["accuracy"], "max_len": 48, "columns": None}
+    save_task_model(TaskModel(small_config(vocab_size=40478 + 3), "classification", 2), info, None, tmp_path / "model")
+    test = [SimpleNamespace(text_a=f"a {word} film", text_b=None, choices=None, label=i % 2)
+            for i, word in enumerate(["fine", "dull", "good", "bad"] * 3)]
+    task = TaskData("mine", "classification", ["bad", "good"], ["accuracy"], {"train": [], "dev": [], "test": test})
+    with _MatrixProductDtypes() as products:
+        results = evaluate_other_splits(task, tokenizer, tmp_path, device="cpu", dtype=dtype)
+    assert results["test"]["examples"] == 12 and 0 <= results["test"]["accuracy"] <= 1
+    assert products.dtypes == {product_dtype}
+    assert "predict" in capsys.readouterr().err  # the progress bar, counting tokens
+
+
 def _padded_tokens(groups):
     return sum(len(g) * max(len(ex.sequences) * max(map(len, ex.sequences)) for ex in g) for g in groups)
 
@@ -303,6 +334,21 @@ def test_finetune_evaluate_predict_on_user_csv_from_the_command_line(tokenizer, 
     rows = list(csv.DictReader(open(tmp_path / "pred.csv", encoding="utf-8")))
     assert [r["prediction"] for r in rows] == ["good", "bad"]
     assert abs(float(rows[0]["p_bad"]) + float(rows[0]["p_good"]) - 1) < 1e-6
+
+    # bf16 autocast: the same labels, probabilities within bf16's rounding of fp32's (and not all equal to them)
+    code = main(["predict", "--model", str(tmp_path / "ft"), str(tmp_path / "dev.csv"), "--dtype", "bf16",
+                 "--device", "cpu", "--out", str(tmp_path / "pred_bf16.csv")])
+    assert code == 0, capsys.readouterr().err
+    code = main(["predict", "--model", str(tmp_path / "ft"), str(tmp_path / "dev.csv"), "--out",
+                 str(tmp_path / "pred_fp32.csv")])
+    assert code == 0, capsys.readouterr().err
+    fp32, bf16 = ([(r["prediction"], float(r["p_good"])) for r in csv.DictReader(open(tmp_path / name, encoding="utf-8"))]
+                  for name in ("pred_fp32.csv", "pred_bf16.csv"))
+    assert [label for label, _ in bf16] == [label for label, _ in fp32]
+    assert all(abs(p - q) < 2e-2 for (_, p), (_, q) in zip(fp32, bf16)) and fp32 != bf16
+    if not torch.cuda.is_available():
+        code = main(["evaluate", "--model", str(tmp_path / "ft"), "--data", str(tmp_path / "dev.csv"), "--device", "cuda"])
+        assert code == 2 and "--device cuda: this machine has no usable CUDA GPU" in capsys.readouterr().err
 
     code = main(["evaluate", "--model", str(tmp_path / "ft"), "--data", str(tmp_path / "dev.csv"), "--split", "test"])
     assert code == 2 and "--split test: only for --benchmark" in capsys.readouterr().err
