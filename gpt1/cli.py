@@ -313,9 +313,10 @@ def cmd_evaluate(args) -> None:
 
 def cmd_predict(args) -> None:
     import csv
+    import io
     import tempfile
 
-    from .checkpoint import check_output_file
+    from .checkpoint import check_output_file, write_text_atomic
     from .datasets import load_user_data
     from .finetune import encode_examples, InputTransform, predict_logits
 
@@ -346,17 +347,17 @@ def cmd_predict(args) -> None:
         best = max(range(len(probs)), key=probs.__getitem__)
         rows.append({"uid": example.uid, "prediction": names[best] if info["kind"] != "multiple-choice" else best,
                      **{f"p_{names[i] if info['kind'] != 'multiple-choice' else i}": p for i, p in enumerate(probs)}})
-    out = open(args.out, "w", encoding="utf-8", newline="") if args.out else sys.stdout
-    try:
-        if args.out and args.out.endswith(".csv"):
-            writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["uid", "prediction"])
-            writer.writeheader()
-            writer.writerows(rows)
-        else:
-            out.writelines(json.dumps(r) + "\n" for r in rows)
-    finally:
-        if args.out:
-            out.close()
+    text = io.StringIO(newline="")
+    if args.out and args.out.endswith(".csv"):
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["uid", "prediction"])
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        text.writelines(json.dumps(r) + "\n" for r in rows)
+    if args.out:  # whole or not at all: a kill while writing leaves no half file
+        write_text_atomic(Path(args.out), text.getvalue())
+    else:
+        sys.stdout.write(text.getvalue())
     if cut:
         print(f"{cut} of {len(rows)} inputs were truncated to {info['max_len']} tokens", file=sys.stderr)
 
