@@ -363,8 +363,11 @@ def cmd_predict(args) -> None:
 
 
 def cmd_glue_score(args) -> None:
-    from .checkpoint import read_json
+    from .checkpoint import check_output_file, read_json, write_json_atomic
     from .metrics import GLUE_TASKS, glue_score
+
+    if args.out:
+        check_output_file(args.out)
 
     results = {}
     for run in args.runs:
@@ -381,7 +384,7 @@ def cmd_glue_score(args) -> None:
     missing = [t for t in GLUE_TASKS if t not in results and not (t == "mnli" and "mnli-m" in results)]
     print(f"GLUE score {100 * score:.1f} over {len(results)} result(s)" + (f"; missing: {', '.join(missing)}" if missing else ""))
     if args.out:
-        Path(args.out).write_text(json.dumps({"glue_score": score, "tasks": results, "missing": missing}, indent=2) + "\n")
+        write_json_atomic(Path(args.out), {"glue_score": score, "tasks": results, "missing": missing})
 
 
 def _names(option: str, text: str, allowed) -> list[str]:

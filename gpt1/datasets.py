@@ -28,6 +28,7 @@ from typing import Any
 
 from sklearn.model_selection import train_test_split
 
+from gpt1.checkpoint import write_text_atomic
 from gpt1.errors import UserError
 from gpt1.metrics import METRICS
 
@@ -814,7 +815,5 @@ def write_glue_submission(task_name: str, uids: Sequence[str], predictions: Sequ
             raise ValueError(f"predictions must be class indices 0..{len(label_names) - 1}")
         values = [label_names[index] for index in indices]
     file.parent.mkdir(parents=True, exist_ok=True)
-    with open(file, "w", encoding="utf-8", newline="\n") as out:
-        out.write("index\tprediction\n")
-        out.writelines(f"{uid}\t{value}\n" for uid, value in zip(uids, values))
+    write_text_atomic(file, "index\tprediction\n" + "".join(f"{uid}\t{value}\n" for uid, value in zip(uids, values)))
     return file

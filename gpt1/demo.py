@@ -16,6 +16,7 @@ import json
 import random
 from pathlib import Path
 
+from .checkpoint import write_json_atomic
 from .data import TokenData, prepare, read_documents, read_text, unigram_perplexity
 from .errors import Interrupted, UserError
 
@@ -114,6 +115,6 @@ def run_demo(out: Path) -> dict:
         print(f"   {name:15s}  {accuracy:12.3f}")
     result = {"val": val, "unigram_ppl": unigram, "tokens": summary["tokens"], "tokens_per_s": summary["tokens_per_s"],
               "sample": sample, "finetune_accuracy": scores, "finetune_settings": settings, "notes": task.notes}
-    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(out / "summary.json", result)
     print(f"   results: {out / 'summary.json'}")
     return result

@@ -432,11 +432,13 @@ def test_glue_score_averages_the_dev_results_of_finetune_runs(tmp_path, capsys):
         (tmp_path / task).mkdir()
         other = {"dev_mismatched": {"accuracy": 0.70, "examples": 9, "truncated": 0}} if task == "mnli" else {}
         (tmp_path / task / "results.json").write_text(json.dumps({"task": task, "dev": dev, "other_splits": other}))
-    code, out, err = run(capsys, "glue-score", *(tmp_path / t for t in runs), "--out", tmp_path / "glue.json")
+    code, out, err = run(capsys, "glue-score", *(tmp_path / t for t in runs), "--out", tmp_path / "new" / "glue.json")
     assert code == 0, err
     expected = (0.40 + 0.75 + 0.65) / 3  # MRPC: mean of F1 and accuracy; MNLI: mean of matched and mismatched
-    assert json.loads((tmp_path / "glue.json").read_text())["glue_score"] == pytest.approx(expected)
+    assert json.loads((tmp_path / "new" / "glue.json").read_text())["glue_score"] == pytest.approx(expected)
     assert f"GLUE score {100 * expected:.1f}" in out
+    code, out, err = run(capsys, "glue-score", *(tmp_path / t for t in runs), "--out", tmp_path / "cola")
+    assert code == 2 and not out and "a folder; --out takes a file name" in err  # checked before any work
 
 
 FREE_AND_MEASURE = """
