@@ -77,8 +77,9 @@ def subsample(examples: list, n: int, seed: int) -> list:
 @dataclass(frozen=True)
 class Run:
     """One fine-tuning of an analysis: its task, its settings and its folder. `settings` are everything that
-    decides its numbers (the model's absolute path and `weights_stamp`, the task's data folder and subset sizes, every fine-tuning
-    setting); they are recorded in its report.json, which is reused only by a run with equal settings."""
+    decides its numbers (the model's absolute path and `weights_stamp`, the task's data folder and subset sizes,
+    every fine-tuning setting); they are recorded in its report.json, which is reused only by a run with equal
+    settings."""
 
     plan: TaskPlan
     config: FinetuneConfig

@@ -256,7 +256,8 @@ def _task_model_and_tokenizer(args):
 
     device = pick_device(args.device)
     model, info = load_task_model(Path(args.model), device)
-    return model, info, load_tokenizer(required_tokenizer_dir(task_model_dir(args.model))), autocast_for(device, args.dtype)
+    tokenizer = load_tokenizer(required_tokenizer_dir(task_model_dir(args.model)))
+    return model, info, tokenizer, autocast_for(device, args.dtype)
 
 
 def _check_model_fits(model_dir, info: dict, task) -> None:
