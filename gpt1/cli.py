@@ -336,7 +336,8 @@ def cmd_predict(args) -> None:
                                       require_label=False)
             except UserError as error:
                 raise UserError(str(error).replace(str(source), "<stdin>")) from None
-    encoded, cut = encode_examples(data.examples, InputTransform(tokenizer, info["kind"], info["max_len"]), True)
+    encoded, cut = encode_examples(data.examples, InputTransform(tokenizer, info["kind"], info["max_len"]),
+                                   progress=True)
     logits = predict_logits(model, encoded, autocast=autocast, progress=True)
     rows = []
     for example, row in zip(data.examples, logits):

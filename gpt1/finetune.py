@@ -546,7 +546,7 @@ def score_split(model: TaskModel, info: dict, tokenizer, examples, metrics: list
     """Metrics (when every example is labelled), predictions and the truncation count of one split."""
     from .metrics import compute_metrics
 
-    encoded, cut = encode_examples(examples, InputTransform(tokenizer, info["kind"], info["max_len"]), progress)
+    encoded, cut = encode_examples(examples, InputTransform(tokenizer, info["kind"], info["max_len"]), progress=progress)
     logits = predict_logits(model, encoded, autocast=autocast, progress=progress)
     predictions = logits_to_predictions(logits, info["kind"])
     labels = [ex.label for ex in examples]
